@@ -50,10 +50,10 @@ def load_model(out_dir, name, device):
 
 
 def check_pair(ae_checkpoint, vae_checkpoint):
-    """The figures feed both models the same z and images, so they need the same latent size and data."""
-    ae_setup, vae_setup = [(c["config"]["latent_dim"], c["dataset"]) for c in (ae_checkpoint, vae_checkpoint)]
+    """The figures feed both models the same z and images: they must match in latent size, arch and data."""
+    ae_setup, vae_setup = [(c["config"]["latent_dim"], c["config"]["arch"], c["dataset"]) for c in (ae_checkpoint, vae_checkpoint)]
     if ae_setup != vae_setup:
-        sys.exit(f"error: ae.pt (latent_dim, dataset = {ae_setup}) and vae.pt ({vae_setup}) were trained "
+        sys.exit(f"error: ae.pt (latent_dim, arch, dataset = {ae_setup}) and vae.pt ({vae_setup}) were trained "
                  f"differently; train both with the same flags: python main.py")
 
 

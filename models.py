@@ -39,7 +39,28 @@ def mlp_body(code_dim, latent_dim, hidden_dim=400):
     return encoder, decoder
 
 
-BODIES = {"mlp": mlp_body}
+def conv_body(code_dim, latent_dim, channels=32, hidden_dim=256):
+    """Encoder: two stride-2 convs 28 -> 14 -> 7, then dense layers to code_dim.
+    Decoder: the mirror image, dense layers up to 7x7 maps, two transposed convs back to 28x28."""
+    maps = (2 * channels, 7, 7)
+    encoder = nn.Sequential(
+        nn.Conv2d(1, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 49, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, code_dim),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, 2 * channels * 49), nn.ReLU(),
+        nn.Unflatten(1, maps),
+        nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),
+    )
+    return encoder, decoder
+
+
+BODIES = {"mlp": mlp_body, "conv": conv_body}
 
 
 def reconstruction_loss(logits, x):

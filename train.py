@@ -1,4 +1,4 @@
-"""Train the AE and the VAE on MNIST with one training loop.
+"""Train the AE and the VAE on MNIST (or Fashion-MNIST) with one training loop.
 
     python train.py                          # AE then VAE, 30 epochs each
     python train.py --model vae --epochs 10  # one model
@@ -25,9 +25,9 @@ from torchvision import datasets
 
 import models
 
-DATASETS = {"mnist": datasets.MNIST}
+DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 MODELS = {"ae": models.AE, "vae": models.VAE}
-MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+IDX_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 
 
 def number(kind, low, strict=False):
@@ -59,6 +59,9 @@ def add_training_flags(parser):
     parser.add_argument("--latent-dim", type=number(int, 2), default=20,
                         help="size of z (at least 2: the figures plot z0 against z1)")
     parser.add_argument("--beta", type=number(float, 0), default=1.0, help="weight of the VAE's KL term")
+    parser.add_argument("--arch", default="mlp", choices=sorted(models.BODIES), help="encoder/decoder body of both models")
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
+                        help="fashion-mnist reads <data-dir>/FashionMNIST/raw/")
 
 
 def parse_args(argv=None):
@@ -87,7 +90,7 @@ def load_split(dataset, data_dir, train, device):
         raw_dir = Path(data_dir) / DATASETS[dataset].__name__ / "raw"
         reason = str(error).splitlines()[0]
         sys.exit(f"error: no {dataset} data in {raw_dir}/ and the download failed ({reason}); "
-                 f"put the four uncompressed IDX files there ({MNIST_FILES}) or pass --data-dir")
+                 f"put the four uncompressed IDX files there ({IDX_FILES}) or pass --data-dir")
     images = split.data.to(device).unsqueeze(1).float().div_(255)
     return images, split.targets.to(device)
 
@@ -151,16 +154,17 @@ def save_checkpoint(checkpoint, path):
 def train(args, names):
     """Train and save each named model ("ae", "vae") on the same data, device and seed."""
     device = resolve_device(args.device)
-    train_images, _ = load_split("mnist", args.data_dir, True, device)
-    test_images, _ = load_split("mnist", args.data_dir, False, device)
+    train_images, _ = load_split(args.dataset, args.data_dir, True, device)
+    test_images, _ = load_split(args.dataset, args.data_dir, False, device)
     for name in names:
         torch.manual_seed(args.seed)
         kwargs = {"beta": args.beta} if name == "vae" else {}
-        model = MODELS[name](latent_dim=args.latent_dim, **kwargs).to(device)
-        print(f"training the {name.upper()} on {device}: {len(train_images)} train / {len(test_images)} test images")
+        model = MODELS[name](latent_dim=args.latent_dim, arch=args.arch, **kwargs).to(device)
+        print(f"training the {args.arch} {name.upper()} on {device}: {args.dataset}, "
+              f"{len(train_images)} train / {len(test_images)} test images")
         history = fit(model, train_images, test_images, args, name)
         path = Path(args.out_dir) / f"{name}.pt"
-        save_checkpoint({"model": name, "config": model.config, "dataset": "mnist", "seed": args.seed,
+        save_checkpoint({"model": name, "config": model.config, "dataset": args.dataset, "seed": args.seed,
                          "device": str(device), "versions": library_versions(), "history": history,
                          "model_state": model.state_dict()}, path)
         print(f"saved {path}")

@@ -1,0 +1,82 @@
+"""Epoch time of train.py's loop against the standard DataLoader loop, side by side in one run.
+
+    python benchmark.py --data-dir ../shared/data
+
+Three loops train the same VAE (batch 128, Adam) one epoch at a time, taking turns, so any drift
+in the machine's speed hits all of them alike:
+
+  standard   the tutorial loop: torchvision's MNIST with transforms.ToTensor() behind a shuffling
+             DataLoader (one PIL image -> tensor conversion per sample, batches collated on the
+             host, copied to the device, loss.item() every step), with the default Adam
+  tensors    train.py's loop (the split preloaded on the device, random batches indexed out of
+             it) with the default Adam
+  train.py   the same loop with the fused Adam that train.py uses
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from torchvision import datasets, transforms
+
+import models
+import train
+
+
+def standard_epoch(model, optimizer, loader, device):
+    model.train()
+    total = 0.0
+    for x, _ in loader:
+        x = x.to(device)
+        loss = model.loss(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(x)
+    return total / len(loader.dataset)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as in train.py")
+    parser.add_argument("--rounds", type=train.number(int, 1), default=3, help="epochs of each loop")
+    parser.add_argument("--batch-size", type=train.number(int, 1), default=128, help="images per step")
+    args = parser.parse_args(argv)
+
+    device = train.resolve_device(args.device)
+    images, _ = train.load_split("mnist", args.data_dir, True, device)
+    dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
+    on_gpu = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
+                                         num_workers=1 if on_gpu else 0, pin_memory=on_gpu)
+
+    def make(fused):
+        torch.manual_seed(0)
+        model = models.VAE().to(device)
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+
+    loops = {
+        "standard": (make(None), lambda model, optimizer: standard_epoch(model, optimizer, loader, device)),
+        "tensors": (make(None), lambda model, optimizer: train.train_epoch(model, optimizer, images, args.batch_size).item()),
+        "train.py": (make(True), lambda model, optimizer: train.train_epoch(model, optimizer, images, args.batch_size).item()),
+    }
+    seconds = {name: [] for name in loops}
+    print(f"one epoch of the VAE on {device}, batch {args.batch_size}; seconds per epoch:")
+    print("round  " + "  ".join(f"{name:>9s}" for name in loops))
+    for round_number in range(1, args.rounds + 1):
+        for name, ((model, optimizer), epoch) in loops.items():
+            start = time.perf_counter()
+            epoch(model, optimizer)
+            seconds[name].append(time.perf_counter() - start)
+        print(f"{round_number:5d}  " + "  ".join(f"{seconds[name][-1]:9.2f}" for name in loops), flush=True)
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    print("median " + "  ".join(f"{medians[name]:9.2f}" for name in loops))
+    for name in ("tensors", "train.py"):
+        ratio = medians[name] / medians["standard"]
+        print(f"{name} / standard: {ratio:.2f} (1/{1 / ratio:.1f})")
+
+
+if __name__ == "__main__":
+    main()
