@@ -12,7 +12,6 @@ in the machine's speed hits all of them alike:
              it) with the default Adam
   train.py   the same loop with the fused Adam that train.py uses
 """
-import argparse
 import statistics
 import time
 
@@ -37,8 +36,7 @@ def standard_epoch(model, optimizer, loader, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = train.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as in train.py")
     parser.add_argument("--rounds", type=train.number(int, 1), default=3, help="epochs of each loop")

@@ -6,7 +6,6 @@ Each figure decodes or encodes with both models on the same inputs, so they comp
 samples from z ~ N(0, I), interpolations between test digits, the test set's codes (z0 against z1),
 reconstructions, a latent traversal, loss curves and, for 2-d latents, the decoded manifold.
 """
-import argparse
 import json
 import pickle
 import sys
@@ -64,11 +63,11 @@ def latent_codes(model, x):
 
 def show_grids(path, grids, title, stacked=False):
     """Save image grids (from make_grid) side by side, or stacked, each under its own name."""
-    count = len(grids)
-    rows, cols = (count, 1) if stacked else (1, count)
+    rows, cols = (len(grids), 1) if stacked else (1, len(grids))
     height, width = next(iter(grids.values())).shape[1:]
-    scale = 5 / max(height, width)
-    fig = Figure(figsize=(cols * width * scale, rows * height * scale + 0.6))
+    inches_per_pixel = 0.5 / 30  # about half an inch per 28-pixel digit
+    fig = Figure(figsize=(cols * width * inches_per_pixel + 0.2, rows * (height * inches_per_pixel + 0.35) + 0.4),
+                 layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, grid) in zip(axes.flat, grids.items()):
         ax.imshow(grid.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
@@ -175,11 +174,11 @@ def plot_manifold(out_dir, pair, device, steps=15):
 def plot_loss_curves(out_dir, checkpoints):
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for name, checkpoint in checkpoints.items():
+    for color, (name, checkpoint) in zip(["C0", "C1"], checkpoints.items()):
         history = checkpoint["history"]
         epochs = range(1, len(history["train_loss"]) + 1)
-        ax.plot(epochs, history["train_loss"], label=f"{name.upper()} train")
-        ax.plot(epochs, history["test_loss"], "--", label=f"{name.upper()} test")
+        ax.plot(epochs, history["train_loss"], color=color, label=f"{name.upper()} train")
+        ax.plot(epochs, history["test_loss"], "--", color=color, label=f"{name.upper()} test")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (nats per image)")
     ax.set_title("AE: reconstruction BCE; VAE: BCE + KL (negative ELBO)")
@@ -221,8 +220,7 @@ def evaluate(out_dir, data_dir, device_name, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = train.make_parser(__doc__.splitlines()[0])
     train.add_common_flags(parser)
     args = parser.parse_args(argv)
     evaluate(args.out_dir, args.data_dir, args.device, args.seed)

@@ -3,15 +3,13 @@
     python main.py                          # 30 epochs each, on CUDA when available
     python main.py --data-dir ../shared/data --epochs 5
 """
-import argparse
 
 import evaluate
 import train
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = train.make_parser(__doc__.splitlines()[0])
     train.add_common_flags(parser)
     train.add_training_flags(parser)
     args = parser.parse_args(argv)

@@ -33,11 +33,11 @@ def write_idx(path, array):
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_tiny_mnist(root, train_size=200, test_size=60):
-    """Ten blurry class templates plus noise, every class in both splits, in <root>/MNIST/raw/."""
+def write_tiny_mnist(root, folder="MNIST", train_size=200, test_size=60):
+    """Ten blurry class templates plus noise, every class in both splits, in <root>/<folder>/raw/."""
     rng = np.random.default_rng(0)
     templates = rng.random((10, 28, 28)) ** 3
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, size in [("train", train_size), ("t10k", test_size)]:
         labels = np.arange(size) % 10
@@ -110,9 +110,10 @@ def test_vae_loss_is_reconstruction_plus_beta_kl():
 
 # The interface.
 
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
 @pytest.mark.parametrize("latent_dim", [2, 20])
-def test_interface_shapes_and_ranges(latent_dim):
-    ae, vae, x = models.AE(latent_dim), models.VAE(latent_dim), images(5)
+def test_interface_shapes_and_ranges(latent_dim, arch):
+    ae, vae, x = models.AE(latent_dim, arch), models.VAE(latent_dim, arch), images(5)
     assert ae.encode(x).shape == (5, latent_dim)
     mu, logvar = vae.encode(x)
     assert mu.shape == logvar.shape == (5, latent_dim)
@@ -142,8 +143,9 @@ def test_gradients_reach_mu_and_logvar_through_the_sample():
     assert logvar.grad is not None and logvar.grad.abs().sum() > 0
 
 
-def test_vae_loss_trains_every_parameter():
-    vae = models.VAE()
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_vae_loss_trains_every_parameter(arch):
+    vae = models.VAE(arch=arch)
     vae.loss(images()).backward()
     for name, parameter in vae.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -151,10 +153,11 @@ def test_vae_loss_trains_every_parameter():
 
 # Training.
 
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
 @pytest.mark.parametrize("model_class", [models.AE, models.VAE])
-def test_a_few_steps_lower_the_loss(model_class):
+def test_a_few_steps_lower_the_loss(model_class, arch):
     torch.manual_seed(0)
-    model, x = model_class(), images(32).round()  # binary pixels: a loss that can fall towards 0
+    model, x = model_class(arch=arch), images(32).round()  # binary pixels: a loss that can fall towards 0
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = model.loss(x).item()
     for _ in range(50):
@@ -209,7 +212,7 @@ def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
 def test_a_diverging_loss_stops_without_writing_a_checkpoint(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(models.AE, "loss", lambda self, x: self.decode_logits(self.encode(x)).mean() * float("nan"))
-    with pytest.raises(SystemExit, match="loss became nan at epoch 1"):
+    with pytest.raises(SystemExit, match=r"ae loss is not finite at epoch 1 \(train nan"):
         train.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--model", "ae", "--device", "cpu"])
     assert not list(tmp_path.iterdir())
 
@@ -239,6 +242,19 @@ def test_two_dimensional_latents_add_the_manifold(data_dir, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
+def test_conv_fashion_mnist_runs_end_to_end(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "data", folder="FashionMNIST")
+    out_dir = tmp_path / "results"
+    main.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--epochs", "1", "--device", "cpu",
+               "--arch", "conv", "--dataset", "fashion-mnist", "--beta", "4"])
+    for name in FIGURES:
+        assert (out_dir / name).stat().st_size > 0, name
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["vae"]["dataset"] == "fashion-mnist"
+    assert metrics["vae"]["config"] == {"latent_dim": 20, "arch": "conv", "beta": 4.0}
+    assert metrics["ae"]["config"] == {"latent_dim": 20, "arch": "conv"}
+
+
 def test_evaluation_is_deterministic_for_a_seed(data_dir, trained_dir):
     pictures = {}
     for attempt in range(2):
@@ -265,12 +281,15 @@ def test_missing_data_gives_one_clear_line(tmp_path):
     (["--lr", "0"], "--lr: must be greater than 0"),
     (["--epochs", "ten"], "--epochs: expected an integer"),
     (["--device", "tpu"], "--device: invalid choice"),
+    (["--arch", "resnet"], "--arch: invalid choice"),
+    (["--dataset", "cifar10"], "--dataset: invalid choice"),
 ])
 def test_bad_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(flags)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert message in error and error.strip().count("\n") == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -305,11 +324,14 @@ def test_mismatched_checkpoints_are_refused(change, message, trained_dir, data_d
         evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)
 
 
-def test_models_of_different_latent_sizes_are_refused(data_dir, tmp_path):
-    train.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu",
-                "--model", "ae", "--latent-dim", "3"])
-    train.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu",
-                "--model", "vae", "--latent-dim", "4"])
+@pytest.mark.parametrize("ae_flags, vae_flags", [
+    (["--latent-dim", "3"], ["--latent-dim", "4"]),
+    (["--arch", "mlp"], ["--arch", "conv"]),
+])
+def test_a_pair_trained_differently_is_refused(ae_flags, vae_flags, data_dir, tmp_path):
+    for name, flags in [("ae", ae_flags), ("vae", vae_flags)]:
+        train.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu",
+                    "--model", name, *flags])
     with pytest.raises(SystemExit, match="were trained differently"):
         evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)
 

@@ -43,6 +43,17 @@ def number(kind, low, strict=False):
     return parse
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (the error and a pointer to --help), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def make_parser(description):
+    return OneLineErrorParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def add_common_flags(parser):
     """Flags shared by train.py, evaluate.py and main.py."""
     parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/; downloaded there when missing")
@@ -65,8 +76,7 @@ def add_training_flags(parser):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", default="both", choices=["ae", "vae", "both"], help="which model(s) to train")
     add_common_flags(parser)
     add_training_flags(parser)
@@ -88,7 +98,7 @@ def load_split(dataset, data_dir, train, device):
         split = DATASETS[dataset](data_dir, train=train, download=True)
     except (RuntimeError, OSError) as error:
         raw_dir = Path(data_dir) / DATASETS[dataset].__name__ / "raw"
-        reason = str(error).splitlines()[0]
+        reason = str(error).strip().splitlines()[-1]
         sys.exit(f"error: no {dataset} data in {raw_dir}/ and the download failed ({reason}); "
                  f"put the four uncompressed IDX files there ({IDX_FILES}) or pass --data-dir")
     images = split.data.to(device).unsqueeze(1).float().div_(255)
@@ -126,8 +136,8 @@ def fit(model, train_images, test_images, args, name):
         seconds = time.perf_counter() - start
         test_loss = evaluate_loss(model, test_images).item()
         if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-            sys.exit(f"error: the {name} loss became {train_loss} at epoch {epoch}; stopped without "
-                     f"writing a checkpoint (try a smaller --lr)")
+            sys.exit(f"error: the {name} loss is not finite at epoch {epoch} (train {train_loss}, test {test_loss}); "
+                     f"stopped without writing a checkpoint (try a smaller --lr)")
         print(f"{name:3s} epoch {epoch:3d}/{args.epochs}  train {train_loss:7.2f}  test {test_loss:7.2f}"
               f"  nats/image  {seconds:5.2f} s", flush=True)
         history["train_loss"].append(train_loss)
