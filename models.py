@@ -147,8 +147,13 @@ class VAE(AE):
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar)), mu, logvar
 
-    def loss(self, x):
-        """Negative ELBO, nats per image (one sample of z per image)."""
+    def loss_terms(self, x):
+        """(reconstruction BCE, KL) in nats per image, with one sample of z per image."""
         mu, logvar = self.encode(x)
         logits = self.decode_logits(self.reparameterize(mu, logvar))
-        return reconstruction_loss(logits, x) + self.beta * kl_divergence(mu, logvar).mean()
+        return reconstruction_loss(logits, x), kl_divergence(mu, logvar).mean()
+
+    def loss(self, x):
+        """Negative ELBO (for beta = 1), nats per image."""
+        reconstruction, kl = self.loss_terms(x)
+        return reconstruction + self.beta * kl
