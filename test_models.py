@@ -328,6 +328,8 @@ def corrupt(path, field, value):
     (lambda out: corrupt(out / "vae.pt", "config", {"latent_dim": 5, "arch": "mlp", "beta": 1.0}),
      r"vae\.pt does not fit models\.VAE"),
     (lambda out: corrupt(out / "vae.pt", "config", {"latent_dim": 20, "width": 3}), r"vae\.pt does not fit models\.VAE"),
+    (lambda out: torch.save({"model": "ae", "model_state": {}}, out / "ae.pt"), r"ae\.pt is not a checkpoint written by train\.py"),
+    (lambda out: torch.save(torch.zeros(3), out / "ae.pt"), r"ae\.pt is not a checkpoint written by train\.py"),
 ])
 def test_mismatched_checkpoints_are_refused(change, message, trained_dir, data_dir, tmp_path):
     for name in ("ae.pt", "vae.pt"):
