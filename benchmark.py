@@ -55,10 +55,13 @@ def main(argv=None):
         model = models.VAE().to(device)
         return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
+    def tensor_epoch(model, optimizer):
+        return train.train_epoch(model, optimizer, images, args.batch_size).item()
+
     loops = {
         "standard": (make(None), lambda model, optimizer: standard_epoch(model, optimizer, loader, device)),
-        "tensors": (make(None), lambda model, optimizer: train.train_epoch(model, optimizer, images, args.batch_size).item()),
-        "train.py": (make(True), lambda model, optimizer: train.train_epoch(model, optimizer, images, args.batch_size).item()),
+        "tensors": (make(None), tensor_epoch),
+        "train.py": (make(True), tensor_epoch),
     }
     seconds = {name: [] for name in loops}
     print(f"one epoch of the VAE on {device}, batch {args.batch_size}; seconds per epoch:")

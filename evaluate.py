@@ -26,7 +26,6 @@ import train
 
 INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
 INTERPOLATION_STEPS = 10
-CHECKPOINT_KEYS = {"model", "config", "dataset", "seed", "device", "versions", "history", "model_state"}
 
 
 def load_model(out_dir, name, device):
@@ -38,7 +37,7 @@ def load_model(out_dir, name, device):
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
         sys.exit(f"error: {path} is not a readable checkpoint ({str(error).splitlines()[0]})")
-    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+    if not isinstance(checkpoint, dict) or not train.CHECKPOINT_KEYS <= checkpoint.keys():
         sys.exit(f"error: {path} is not a checkpoint written by train.py; retrain it: python train.py --model {name}")
     if checkpoint["model"] != name:
         sys.exit(f"error: {path} holds a {checkpoint['model']!r} checkpoint, not {name!r}; "

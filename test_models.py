@@ -199,6 +199,7 @@ def test_training_is_deterministic_for_a_seed(data_dir, tmp_path):
 def test_checkpoints_hold_what_rebuilds_the_models(trained_dir):
     for name, model_class in [("ae", models.AE), ("vae", models.VAE)]:
         checkpoint = torch.load(trained_dir / f"{name}.pt", weights_only=True)
+        assert set(checkpoint) == train.CHECKPOINT_KEYS
         assert checkpoint["model"] == name and checkpoint["dataset"] == "mnist"
         model = model_class(**checkpoint["config"])
         model.load_state_dict(checkpoint["model_state"])

@@ -27,6 +27,7 @@ import models
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 MODELS = {"ae": models.AE, "vae": models.VAE}
+CHECKPOINT_KEYS = {"model", "config", "dataset", "seed", "device", "versions", "history", "model_state"}
 IDX_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 
 
