@@ -2,15 +2,16 @@
 
     python benchmark.py --data-dir ../shared/data
 
-Three loops train the same VAE (batch 128, Adam) one epoch at a time, taking turns, so any drift
-in the machine's speed hits all of them alike:
+Four loops train the same VAE (batch 128, Adam) one epoch at a time, taking turns, so any drift
+in the machine's speed hits all of them alike; each adds one change to the loop before it:
 
   standard   the tutorial loop: torchvision's MNIST with transforms.ToTensor() behind a shuffling
              DataLoader (one PIL image -> tensor conversion per sample, batches collated on the
              host, copied to the device, loss.item() every step), with the default Adam
   tensors    train.py's loop (the split preloaded on the device, random batches indexed out of
-             it) with the default Adam
-  train.py   the same loop with the fused Adam that train.py uses
+             it) with the default Adam, in fp32
+  fused      the same with the fused Adam that train.py uses
+  train.py   the same with train.py's --precision auto: bf16 matmuls where the device has them
 """
 import statistics
 import time
@@ -55,16 +56,18 @@ def main(argv=None):
         model = models.VAE().to(device)
         return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
-    def tensor_epoch(model, optimizer):
-        return train.train_epoch(model, optimizer, images, args.batch_size).item()
+    def tensor_loop(dtype):
+        return lambda model, optimizer: train.train_epoch(model, optimizer, images, args.batch_size, dtype).item()
 
+    precision = train.resolve_precision("auto", device)
     loops = {
         "standard": (make(None), lambda model, optimizer: standard_epoch(model, optimizer, loader, device)),
-        "tensors": (make(None), tensor_epoch),
-        "train.py": (make(True), tensor_epoch),
+        "tensors": (make(None), tensor_loop(torch.float32)),
+        "fused": (make(True), tensor_loop(torch.float32)),
+        "train.py": (make(True), tensor_loop(train.PRECISIONS[precision])),
     }
     seconds = {name: [] for name in loops}
-    print(f"one epoch of the VAE on {device}, batch {args.batch_size}; seconds per epoch:")
+    print(f"one epoch of the VAE on {device}, batch {args.batch_size}, train.py in {precision}; seconds per epoch:")
     print("round  " + "  ".join(f"{name:>9s}" for name in loops))
     for round_number in range(1, args.rounds + 1):
         for name, ((model, optimizer), epoch) in loops.items():
@@ -74,7 +77,7 @@ def main(argv=None):
         print(f"{round_number:5d}  " + "  ".join(f"{seconds[name][-1]:9.2f}" for name in loops), flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     print("median " + "  ".join(f"{medians[name]:9.2f}" for name in loops))
-    for name in ("tensors", "train.py"):
+    for name in list(loops)[1:]:
         ratio = medians[name] / medians["standard"]
         print(f"{name} / standard: {ratio:.2f} (1/{1 / ratio:.1f})")
 

@@ -202,8 +202,7 @@ def write_metrics(out_dir, checkpoints, vae_terms):
         history = checkpoint["history"]
         metrics[name] = {"test_loss": history["test_loss"][-1], "train_loss": history["train_loss"][-1],
                          "epochs": len(history["test_loss"]), "seconds_per_epoch": float(np.mean(history["seconds"])),
-                         "config": checkpoint["config"], "dataset": checkpoint["dataset"], "device": checkpoint["device"],
-                         "seed": checkpoint["seed"], "versions": checkpoint["versions"]}
+                         **{key: checkpoint[key] for key in ("config", "dataset", "device", "precision", "seed", "versions")}}
     metrics["vae"].update(vae_terms)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 

@@ -177,17 +177,42 @@ def test_a_few_steps_lower_the_loss(model_class, arch):
     assert model.loss(x).item() < 0.5 * first
 
 
-def test_train_epoch_returns_the_mean_loss_per_image():
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_train_epoch_returns_the_mean_loss_per_image(dtype, tolerance):
     torch.manual_seed(0)
     model, x = models.AE(), images(10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    torch.testing.assert_close(train.train_epoch(model, optimizer, x, batch_size=4), model.loss(x))
+    torch.testing.assert_close(train.train_epoch(model, optimizer, x, 4, dtype), model.loss(x), rtol=tolerance, atol=0)
 
 
-def test_training_is_deterministic_for_a_seed(data_dir, tmp_path):
+def test_bf16_epochs_run_bf16_matmuls_lower_the_loss_and_keep_fp32_weights():
+    torch.manual_seed(0)
+    vae, x = models.VAE(), images(32).round()
+    matmul_dtypes = set()
+    vae.decoder[0].register_forward_hook(lambda layer, inputs, output: matmul_dtypes.add(output.dtype))
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    losses = [train.train_epoch(vae, optimizer, x, 32, torch.bfloat16).item() for _ in range(100)]
+    assert matmul_dtypes == {torch.bfloat16}
+    assert losses[-1] < 0.5 * losses[0]
+    for name, parameter in vae.named_parameters():
+        assert parameter.dtype == parameter.grad.dtype == torch.float32, name
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_is_bf16_only_on_cpus_that_have_it(avx512_bf16, amx, expected, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert train.resolve_precision("auto", torch.device("cpu")) == expected
+    assert train.resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert train.resolve_precision("bf16", torch.device("cuda")) == "bf16"
+    assert train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_is_deterministic_for_a_seed(precision, data_dir, tmp_path):
     def run(out_dir, seed):
         train.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--epochs", "1",
-                    "--device", "cpu", "--seed", str(seed)])
+                    "--device", "cpu", "--seed", str(seed), "--precision", precision])
         return torch.load(out_dir / "vae.pt", weights_only=True)
     first, again, other = run(tmp_path / "a", 1), run(tmp_path / "b", 1), run(tmp_path / "c", 2)
     assert first["history"]["test_loss"] == again["history"]["test_loss"]
@@ -201,6 +226,7 @@ def test_checkpoints_hold_what_rebuilds_the_models(trained_dir):
         checkpoint = torch.load(trained_dir / f"{name}.pt", weights_only=True)
         assert set(checkpoint) == train.CHECKPOINT_KEYS
         assert checkpoint["model"] == name and checkpoint["dataset"] == "mnist"
+        assert checkpoint["precision"] == train.resolve_precision("auto", torch.device("cpu"))
         model = model_class(**checkpoint["config"])
         model.load_state_dict(checkpoint["model_state"])
         assert [len(values) for values in checkpoint["history"].values()] == [2, 2, 2]
@@ -240,7 +266,7 @@ def test_metrics_json_has_its_keys(trained_dir):
     metrics = json.loads((trained_dir / "metrics.json").read_text())
     checkpoint = torch.load(trained_dir / "vae.pt", weights_only=True)
     for name in ("ae", "vae"):
-        assert {"test_loss", "epochs", "seconds_per_epoch", "device", "seed", "versions"} <= set(metrics[name])
+        assert {"test_loss", "epochs", "seconds_per_epoch", "device", "precision", "seed", "versions"} <= set(metrics[name])
         assert metrics[name]["epochs"] == 2 and metrics[name]["device"] == "cpu"
         assert set(metrics[name]["versions"]) == {"python", "torch", "torchvision"}
     assert metrics["vae"]["test_loss"] == checkpoint["history"]["test_loss"][-1]
@@ -297,6 +323,7 @@ def test_missing_data_gives_one_clear_line(tmp_path):
     (["--device", "tpu"], "--device: invalid choice"),
     (["--arch", "resnet"], "--arch: invalid choice"),
     (["--dataset", "cifar10"], "--dataset: invalid choice"),
+    (["--precision", "fp16"], "--precision: invalid choice"),
 ])
 def test_bad_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
