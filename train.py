@@ -77,8 +77,8 @@ def add_training_flags(parser):
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
                         help="fashion-mnist reads <data-dir>/FashionMNIST/raw/")
     parser.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                        help="dtype of the training step's matmuls (torch.autocast); auto is bf16 where the device "
-                             "computes it natively, else fp32. Weights, optimizer and test losses stay fp32")
+                        help="dtype of the training step's matmuls (torch.autocast); auto is bf16 on CPUs with native "
+                             "bf16 (AVX512-BF16 or AMX), else fp32. Weights, optimizer and test losses stay fp32")
 
 
 def parse_args(argv=None):
