@@ -2,16 +2,15 @@
 
     python benchmark.py --data-dir ../shared/data
 
-Four loops train the same VAE (batch 128, Adam) one epoch at a time, taking turns, so any drift
-in the machine's speed hits all of them alike; each adds one change to the loop before it:
+Three loops train the same VAE (batch 128, Adam, fp32) one epoch at a time, taking turns, so any
+drift in the machine's speed hits all of them alike; each adds one change to the loop before it:
 
   standard   the tutorial loop: torchvision's MNIST with transforms.ToTensor() behind a shuffling
              DataLoader (one PIL image -> tensor conversion per sample, batches collated on the
              host, copied to the device, loss.item() every step), with the default Adam
   tensors    train.py's loop (the split preloaded on the device, random batches indexed out of
-             it) with the default Adam, in fp32
-  fused      the same with the fused Adam that train.py uses
-  train.py   the same with train.py's --precision auto: bf16 matmuls where the device has them
+             it) with the default Adam
+  train.py   the same with the fused Adam that train.py uses
 """
 import statistics
 import time
@@ -19,6 +18,7 @@ import time
 import torch
 from torchvision import datasets, transforms
 
+import cli
 import models
 import train
 
@@ -37,14 +37,14 @@ def standard_epoch(model, optimizer, loader, device):
 
 
 def main(argv=None):
-    parser = train.make_parser(__doc__.splitlines()[0])
+    parser = cli.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as in train.py")
-    parser.add_argument("--rounds", type=train.number(int, 1), default=3, help="epochs of each loop")
-    parser.add_argument("--batch-size", type=train.number(int, 1), default=128, help="images per step")
+    parser.add_argument("--device", default="auto", type=cli.device_name, help="as in train.py")
+    parser.add_argument("--rounds", type=cli.number(int, 1), default=3, help="epochs of each loop")
+    parser.add_argument("--batch-size", type=cli.number(int, 1), default=128, help="images per step")
     args = parser.parse_args(argv)
 
-    device = train.resolve_device(args.device)
+    device = cli.resolve_device(args.device)
     images, _ = train.load_split("mnist", args.data_dir, True, device)
     dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
     on_gpu = device.type == "cuda"
@@ -56,18 +56,16 @@ def main(argv=None):
         model = models.VAE().to(device)
         return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
-    def tensor_loop(dtype):
-        return lambda model, optimizer: train.train_epoch(model, optimizer, images, args.batch_size, dtype).item()
+    def tensor_epoch(model, optimizer):
+        return train.train_epoch(model, optimizer, images, args.batch_size).item()
 
-    precision = train.resolve_precision("auto", device)
     loops = {
         "standard": (make(None), lambda model, optimizer: standard_epoch(model, optimizer, loader, device)),
-        "tensors": (make(None), tensor_loop(torch.float32)),
-        "fused": (make(True), tensor_loop(torch.float32)),
-        "train.py": (make(True), tensor_loop(train.PRECISIONS[precision])),
+        "tensors": (make(None), tensor_epoch),
+        "train.py": (make(True), tensor_epoch),
     }
     seconds = {name: [] for name in loops}
-    print(f"one epoch of the VAE on {device}, batch {args.batch_size}, train.py in {precision}; seconds per epoch:")
+    print(f"one epoch of the VAE on {device}, batch {args.batch_size}; seconds per epoch:")
     print("round  " + "  ".join(f"{name:>9s}" for name in loops))
     for round_number in range(1, args.rounds + 1):
         for name, ((model, optimizer), epoch) in loops.items():
@@ -83,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

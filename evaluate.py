@@ -1,14 +1,17 @@
-"""Figures that show why the VAE's latent space can be sampled and the AE's cannot.
+"""Figures and numbers that show why the VAE's latent space can be sampled and the AE's cannot, and
+what it takes to sample the AE's.
 
-    python evaluate.py        # reads results/ae.pt and results/vae.pt, writes the figures there
+    python evaluate.py        # reads results/ae.pt and results/vae.pt, writes figures and metrics.json there
 
-Each figure decodes or encodes with both models on the same inputs, so they compare directly:
-samples from z ~ N(0, I), interpolations between test digits, the test set's codes (z0 against z1),
-reconstructions, a latent traversal, loss curves and, for 2-d latents, the decoded manifold.
+Both models decode or encode the same inputs, so every figure compares them directly. Each model's
+latents are drawn three ways: from the prior N(0, I), from a Gaussian fitted to its training codes
+and from a 10-component Gaussian mixture fitted to them (priors.py). A digit classifier scores the
+decoded images (metrics.py), and importance sampling estimates the VAE's log-likelihood.
 """
 import json
+import math
 import pickle
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,82 +20,139 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Ellipse
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
+import cli
+import metrics
 import models
+import priors
 import train
 
+SAMPLES = 10_000  # draws scored per sampler
+SAMPLERS = {"prior": "N(0, I)", "fitted": "fitted Gaussian", "mixture": "fitted mixture"}
 INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
 INTERPOLATION_STEPS = 10
 
 
-def load_model(out_dir, name, device):
-    """Rebuild a trained model from <out_dir>/<name>.pt; exit with one line if that cannot be done."""
-    path = Path(out_dir) / f"{name}.pt"
-    if not path.exists():
-        sys.exit(f"error: {path} not found; train it first: python train.py --model {name} --out-dir {out_dir}")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        sys.exit(f"error: {path} is not a readable checkpoint ({str(error).splitlines()[0]})")
-    if not isinstance(checkpoint, dict) or not train.CHECKPOINT_KEYS <= checkpoint.keys():
-        sys.exit(f"error: {path} is not a checkpoint written by train.py; retrain it: python train.py --model {name}")
-    if checkpoint["model"] != name:
-        sys.exit(f"error: {path} holds a {checkpoint['model']!r} checkpoint, not {name!r}; "
-                 f"retrain it: python train.py --model {name}")
-    try:
-        model = train.MODELS[name](**checkpoint["config"]).to(device)
-        model.load_state_dict(checkpoint["model_state"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        sys.exit(f"error: {path} does not fit models.{name.upper()} ({str(error).splitlines()[0]}); retrain it")
-    return model.eval(), checkpoint
-
-
-def check_pair(ae_checkpoint, vae_checkpoint):
-    """The figures feed both models the same z and images: they must match in latent size, arch and data."""
-    ae_setup, vae_setup = [(c["config"]["latent_dim"], c["config"]["arch"], c["dataset"]) for c in (ae_checkpoint, vae_checkpoint)]
-    if ae_setup != vae_setup:
-        sys.exit(f"error: ae.pt (latent_dim, arch, dataset = {ae_setup}) and vae.pt ({vae_setup}) were trained "
-                 f"differently; train both with the same flags: python main.py")
-
-
-def latent_codes(model, x):
+def latent_codes(model, images, batch_size=1000):
     """The code of each image: z for the AE, the mean of q(z|x) for the VAE."""
-    return model.encode(x)[0] if isinstance(model, models.VAE) else model.encode(x)
+    codes = [model.encode(x) for x in images.split(batch_size)]
+    return torch.cat([code[0] if isinstance(model, models.VAE) else code for code in codes])
 
 
-def show_grids(path, grids, title, stacked=False):
-    """Save image grids (from make_grid) side by side, or stacked, each under its own name."""
-    rows, cols = (len(grids), 1) if stacked else (1, len(grids))
+def decode(model, z, batch_size=1000):
+    """Decode latents from any device on the model's device, in batches."""
+    device = next(model.parameters()).device
+    return torch.cat([model.decode(chunk.to(device)) for chunk in z.split(batch_size)])
+
+
+def draw_latents(train_codes, n, mixture_codes=20_000):
+    """n latents from each sampler. The prior and the fitted Gaussian share their standard-normal eps
+    (z = eps and z = mean + L eps), so their i-th draws correspond. The Gaussian is fitted to all the
+    codes, the mixture to a random 20,000 of them, which keeps EM to a few seconds on a CPU."""
+    gaussian = priors.Gaussian(train_codes)
+    mixture = priors.GaussianMixture(train_codes[torch.randperm(len(train_codes))[:mixture_codes].to(train_codes.device)])
+    eps = torch.randn(n, train_codes.shape[1])
+    return {"prior": eps, "fitted": gaussian.transform(eps), "mixture": mixture.sample(n)}, gaussian
+
+
+def interpolation_midpoints(model, images, n):
+    """Decode the midpoint between the codes of n random pairs of images."""
+    codes = latent_codes(model, images)
+    first, second = torch.randint(len(images), (2, n))
+    return decode(model, (codes[first.to(codes.device)] + codes[second.to(codes.device)]) / 2)
+
+
+def score_models(pair, train_inputs, test_inputs, classifier, test_images, train_images):
+    """Every sampler's and reference's scores, 64 decoded draws of each sampler, and each model's fitted
+    Gaussian. train_inputs and test_inputs are what the models see (binarized for --binarize runs)."""
+    reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+    scores = {"train_images": metrics.sample_scores(classifier, train_images[torch.randperm(len(train_images))[:SAMPLES]],
+                                                    reference)}
+    shown, gaussians = {}, {}
+    for name, model in pair.items():
+        latents, gaussians[name] = draw_latents(latent_codes(model, train_inputs), SAMPLES)
+        for sampler, z in latents.items():
+            images = decode(model, z)
+            scores[f"{name}_{sampler}"] = metrics.sample_scores(classifier, images, reference)
+            shown[f"{name}_{sampler}"] = images[:64]
+        scores[f"{name}_reconstructions"] = metrics.sample_scores(
+            classifier, decode(model, latent_codes(model, test_inputs)), reference)
+        scores[f"{name}_midpoints"] = metrics.sample_scores(
+            classifier, interpolation_midpoints(model, test_inputs, SAMPLES), reference)
+    return scores, shown, gaussians
+
+
+def likelihood(vae, test_inputs, iw_samples):
+    """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units."""
+    totals = sum(torch.stack(vae.loss_terms(x)) * len(x) for x in test_inputs.split(1000))
+    reconstruction, kl = (totals / len(test_inputs)).tolist()
+    return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,
+            "test_log_likelihood": metrics.importance_weighted_bound(vae, test_inputs, iw_samples).mean().item(),
+            "iw_samples": iw_samples, "active_units": metrics.active_units(latent_codes(vae, test_inputs))}
+
+
+def code_spread(pair, test_inputs):
+    """Where each model's test codes lie in (z0, z1): the share inside the 2 sigma circle of N(0, I)
+    (which holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square."""
+    spread = {}
+    for name, model in pair.items():
+        z = latent_codes(model, test_inputs)[:, :2]
+        spread[name] = {"inside_2_sigma_circle": (z.pow(2).sum(1) <= 4).float().mean().item(),
+                        "inside_square_3": (z.abs() <= 3).all(1).float().mean().item()}
+    return spread
+
+
+# Figures.
+
+def save_figure(fig, path):
+    cli.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
+
+
+def show_grids(path, grids, title, columns=None):
+    """Save image grids (from make_grid) in a table of panels, each under its own title."""
+    columns = columns or len(grids)
+    rows = math.ceil(len(grids) / columns)
     height, width = next(iter(grids.values())).shape[1:]
     inches_per_pixel = 0.5 / 30  # about half an inch per 28-pixel digit
-    fig = Figure(figsize=(cols * width * inches_per_pixel + 0.2, rows * (height * inches_per_pixel + 0.35) + 0.4),
+    fig = Figure(figsize=(columns * width * inches_per_pixel + 0.2, rows * (height * inches_per_pixel + 0.6) + 0.4),
                  layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     for ax, (name, grid) in zip(axes.flat, grids.items()):
         ax.imshow(grid.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
         ax.set_title(name)
-        ax.axis("off")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
+
+
+def save_grid(images, path, nrow):
+    cli.write_atomically(path, lambda temporary: save_image(images, temporary, nrow=nrow))
 
 
 def save_per_model(out_dir, stem, images_by_model, nrow, title):
     """Write <stem>_ae.png and <stem>_vae.png, and <stem>.png with the two side by side."""
     grids = {}
     for name, images in images_by_model.items():
-        save_image(images, out_dir / f"{stem}_{name}.png", nrow=nrow)
+        save_grid(images, out_dir / f"{stem}_{name}.png", nrow)
         grids[name.upper()] = make_grid(images, nrow=nrow, pad_value=1)
     show_grids(out_dir / f"{stem}.png", grids, title)
 
 
-def plot_samples(out_dir, pair, latent_dim, device):
-    """Decode the same 64 draws from the prior with both models."""
-    z = torch.randn(64, latent_dim, device=device)
-    images = {name: model.decode(z) for name, model in pair.items()}
-    save_per_model(out_dir, "samples", images, nrow=8, title="decoding the same 64 draws z ~ N(0, I)")
+def plot_samples(out_dir, shown, scores):
+    """Rows AE and VAE, columns the three samplers: 64 decoded draws each, titled with their scores."""
+    grids = {}
+    for name in ("ae", "vae"):
+        save_grid(shown[f"{name}_prior"], out_dir / f"samples_{name}.png", nrow=8)
+        for sampler, label in SAMPLERS.items():
+            score = scores[f"{name}_{sampler}"]
+            title = (f"{name.upper()}, z ~ {label}\n{score['recognisable']:.0%} recognisable, "
+                     f"FD {score['frechet_distance']:.0f}")
+            grids[title] = make_grid(shown[f"{name}_{sampler}"], nrow=8, pad_value=1)
+    show_grids(out_dir / "samples.png", grids, "decoded draws: the prior and the Gaussian columns share their eps", columns=3)
 
 
 def interpolate(model, start, end, steps):
@@ -115,21 +175,32 @@ def plot_interpolations(out_dir, pair, images, labels):
     frames = torch.stack([make_grid([start, image, end], nrow=3, pad_value=1) for image in torch.cat([walk, walk.flip(0)])])
     frames = F.interpolate(frames, scale_factor=4)  # nearest neighbour: crisp, 4x larger pixels
     pictures = [to_pil_image(frame) for frame in frames.cpu()]
-    pictures[0].save(out_dir / "interpolation_vae.gif", save_all=True, append_images=pictures[1:], duration=60, loop=0)
+    cli.write_atomically(out_dir / "interpolation_vae.gif", lambda temporary: pictures[0].save(
+        temporary, save_all=True, append_images=pictures[1:], duration=60, loop=0))
 
 
-def plot_latent_scatter(out_dir, pair, images, labels, class_names):
-    """The test set's codes, z0 against z1, with the prior's 1 and 2 sigma circles for scale.
+def draw_sigma_ellipses(ax, gaussian):
+    """The 1 and 2 sigma ellipses of a fitted Gaussian's (z0, z1) marginal."""
+    mean, cov = gaussian.mean[:2].numpy(), gaussian.covariance[:2, :2]
+    values, vectors = torch.linalg.eigh(cov)  # ascending: the last axis is the long one
+    angle = math.degrees(math.atan2(vectors[1, 1], vectors[0, 1]))
+    for radius in (1, 2):
+        width, height = 2 * radius * values.flip(0).sqrt()
+        ax.add_patch(Ellipse(mean, float(width), float(height), angle=angle, fill=False, color="black"))
 
-    Points are drawn in the test set's own (mixed) order, so no digit class hides the others.
-    """
+
+def plot_latent_scatter(out_dir, pair, images, labels, class_names, gaussians):
+    """The test set's codes, z0 against z1, with the prior's 1 and 2 sigma circles (dashed) and those of
+    the Gaussian fitted to the model's training codes (solid). Points are drawn in the test set's own
+    mixed order, so no class hides the others."""
     fig = Figure(figsize=(12, 5.6))
     axes = fig.subplots(1, 2)
     for ax, (name, model) in zip(axes, pair.items()):
-        codes = torch.cat([latent_codes(model, x) for x in images.split(1000)])[:, :2].cpu().numpy()
+        codes = latent_codes(model, images)[:, :2].cpu().numpy()
         ax.scatter(codes[:, 0], codes[:, 1], s=2, alpha=0.5, color=colormaps["tab10"](labels.cpu().numpy()))
         for radius in (1, 2):
             ax.add_patch(Circle((0, 0), radius, fill=False, linestyle="--", color="black"))
+        draw_sigma_ellipses(ax, gaussians[name])
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(f"{name.upper()}: test codes" + (" (means)" if name == "vae" else ""))
         ax.set_xlabel("z0")
@@ -137,8 +208,8 @@ def plot_latent_scatter(out_dir, pair, images, labels, class_names):
     legend = [Line2D([], [], marker="o", linestyle="", color=colormaps["tab10"](label), label=class_name)
               for label, class_name in enumerate(class_names)]
     axes[1].legend(handles=legend, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.suptitle("first two latent coordinates; dashed: 1 and 2 sigma of N(0, I)")
-    fig.savefig(out_dir / "latent_scatter.png", dpi=100, bbox_inches="tight")
+    fig.suptitle("first two latent coordinates; dashed: 1 and 2 sigma of N(0, I); solid: of the fitted Gaussian")
+    save_figure(fig, out_dir / "latent_scatter.png")
 
 
 def plot_reconstructions(out_dir, pair, images):
@@ -146,16 +217,16 @@ def plot_reconstructions(out_dir, pair, images):
     grids = {"test images": make_grid(originals, nrow=16, pad_value=1)}
     for name, model in pair.items():
         grids[name.upper()] = make_grid(model.decode(latent_codes(model, originals)), nrow=16, pad_value=1)
-    show_grids(out_dir / "reconstructions.png", grids, "reconstructions (VAE: decoding the mean)", stacked=True)
+    show_grids(out_dir / "reconstructions.png", grids, "reconstructions (VAE: decoding the mean)", columns=1)
 
 
 def plot_traversal(out_dir, vae, images, steps=9):
     """Sweep two latent dimensions of one test digit's VAE code over [-3, 3].
 
-    The swept dimensions are the two whose means vary most across images: the VAE leaves some
+    The swept dimensions are the two whose means vary most over the test set: the VAE leaves some
     dimensions unused (their codes stay at the prior), and sweeping those would change nothing.
     """
-    mu, _ = vae.encode(images[:1000])
+    mu = latent_codes(vae, images)
     first, second = mu.var(0).topk(2).indices.tolist()
     values = torch.linspace(-3, 3, steps, device=mu.device)
     z = mu[0].repeat(steps * steps, 1)
@@ -181,61 +252,104 @@ def plot_loss_curves(out_dir, checkpoints):
         epochs = range(1, len(history["train_loss"]) + 1)
         ax.plot(epochs, history["train_loss"], color=color, label=f"{name.upper()} train")
         ax.plot(epochs, history["test_loss"], "--", color=color, label=f"{name.upper()} test")
+    beta = checkpoints["vae"]["config"]["beta"]
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (nats per image)")
-    ax.set_title("AE: reconstruction BCE; VAE: BCE + KL (negative ELBO)")
+    ax.set_title("AE: reconstruction BCE; VAE: " + ("BCE + KL (negative ELBO)" if beta == 1 else f"BCE + {beta:g} * KL"))
     ax.legend()
-    fig.savefig(out_dir / "loss_curves.png", dpi=100, bbox_inches="tight")
-
-
-def vae_loss_terms(vae, images):
-    """The VAE's test reconstruction and KL (nats per image); with beta = 1 its loss is their sum."""
-    totals = sum(torch.stack(vae.loss_terms(x)) * len(x) for x in images.split(1000))
-    reconstruction, kl = (totals / len(images)).tolist()
-    return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl}
-
-
-def write_metrics(out_dir, checkpoints, vae_terms):
-    """Per model: final losses, timing and provenance; for the VAE also its test loss split into terms."""
-    metrics = {}
-    for name, checkpoint in checkpoints.items():
-        history = checkpoint["history"]
-        metrics[name] = {"test_loss": history["test_loss"][-1], "train_loss": history["train_loss"][-1],
-                         "epochs": len(history["test_loss"]), "seconds_per_epoch": float(np.mean(history["seconds"])),
-                         **{key: checkpoint[key] for key in ("config", "dataset", "device", "precision", "seed", "versions")}}
-    metrics["vae"].update(vae_terms)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    save_figure(fig, out_dir / "loss_curves.png")
 
 
 @torch.no_grad()
-def evaluate(out_dir, data_dir, device_name, seed):
+def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
     """Write every figure and metrics.json into out_dir."""
-    out_dir = Path(out_dir)
-    device = train.resolve_device(device_name)
+    start = time.perf_counter()
+    out_dir = cli.writable_dir(out_dir)
+    device = cli.resolve_device(device_name)
+    pair, checkpoints = load_pair(out_dir, device)
+    dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
+    train_images, train_labels = train.load_split(dataset, data_dir, True, device)
+    test_images, test_labels = train.load_split(dataset, data_dir, False, device)
+    train_inputs, test_inputs = [train.binarize_once(x) if binarize else x for x in (train_images, test_images)]
+    with cli.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
+        torch.manual_seed(seed)
+        with torch.enable_grad():
+            classifier = metrics.train_classifier(train_images, train_labels)
+        scores, shown, gaussians = score_models(pair, train_inputs, test_inputs, classifier, test_images, train_images)
+        vae_likelihood = likelihood(pair["vae"], test_inputs, iw_samples)
+        plot_samples(out_dir, shown, scores)
+        plot_interpolations(out_dir, pair, test_inputs, test_labels)
+        plot_latent_scatter(out_dir, pair, test_inputs, test_labels, cli.DATASETS[dataset].classes, gaussians)
+        plot_reconstructions(out_dir, pair, test_inputs)
+        plot_traversal(out_dir, pair["vae"], test_inputs)
+        if pair["vae"].latent_dim == 2:
+            plot_manifold(out_dir, pair, device)
+        plot_loss_curves(out_dir, checkpoints)
+        write_metrics(out_dir, checkpoints, {
+            "vae": vae_likelihood,
+            "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": metrics.pixel_entropy(test_inputs)},
+            "classifier": {"test_accuracy": metrics.accuracy(classifier, test_images, test_labels)},
+            "samples": scores,
+            "latent_codes": code_spread(pair, test_inputs),
+            "evaluate_seconds": time.perf_counter() - start})
+
+
+# Plumbing: reading the checkpoints and writing metrics.json.
+
+def write_metrics(out_dir, checkpoints, results):
+    """Per model: final losses, timing and provenance from its checkpoint; then the measured results."""
+    report = {}
+    for name, checkpoint in checkpoints.items():
+        history = checkpoint["history"]
+        report[name] = {"test_loss": history["test_loss"][-1], "train_loss": history["train_loss"][-1],
+                        "epochs": len(history["test_loss"]), "seconds_per_epoch": float(np.mean(history["seconds"])),
+                        **{key: checkpoint[key] for key in ("config", "dataset", "binarize", "device", "seed", "versions")}}
+    report["vae"].update(results.pop("vae"))
+    report.update(results)
+    cli.write_atomically(out_dir / "metrics.json", lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+
+
+def load_model(out_dir, name, device):
+    """Rebuild a trained model from <out_dir>/<name>.pt; exit with one line if that cannot be done."""
+    path = Path(out_dir) / f"{name}.pt"
+    retrain = f"python train.py --model {name} --out-dir {out_dir}"
+    if not path.exists():
+        cli.fail(f"{path} not found; train it first: {retrain}")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        cli.fail(f"{path} is not a readable checkpoint ({cli.last_line(error)})")
+    if not isinstance(checkpoint, dict) or not train.CHECKPOINT_KEYS <= checkpoint.keys():
+        cli.fail(f"{path} is not a checkpoint written by train.py; retrain it: {retrain}")
+    if checkpoint["model"] != name:
+        cli.fail(f"{path} holds a {checkpoint['model']!r} checkpoint, not {name!r}; retrain it: {retrain}")
+    try:
+        model = train.MODELS[name](**checkpoint["config"]).to(device)
+        model.load_state_dict(checkpoint["model_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        cli.fail(f"{path} does not fit models.{name.upper()} ({cli.last_line(error)}); retrain it: {retrain}")
+    return model.eval(), checkpoint
+
+
+def load_pair(out_dir, device):
+    """Both models, which the figures feed the same z and images: they must match in latent size, arch and data."""
     (ae, ae_checkpoint), (vae, vae_checkpoint) = load_model(out_dir, "ae", device), load_model(out_dir, "vae", device)
-    check_pair(ae_checkpoint, vae_checkpoint)
-    dataset = vae_checkpoint["dataset"]
-    images, labels = train.load_split(dataset, data_dir, False, device)
-    pair, checkpoints = {"ae": ae, "vae": vae}, {"ae": ae_checkpoint, "vae": vae_checkpoint}
-    torch.manual_seed(seed)
-    plot_samples(out_dir, pair, vae.latent_dim, device)
-    plot_interpolations(out_dir, pair, images, labels)
-    plot_latent_scatter(out_dir, pair, images, labels, train.DATASETS[dataset].classes)
-    plot_reconstructions(out_dir, pair, images)
-    plot_traversal(out_dir, vae, images)
-    if vae.latent_dim == 2:
-        plot_manifold(out_dir, pair, device)
-    plot_loss_curves(out_dir, checkpoints)
-    write_metrics(out_dir, checkpoints, vae_loss_terms(vae, images))
+    ae_setup, vae_setup = [(c["config"]["latent_dim"], c["config"]["arch"], c["dataset"], c["binarize"])
+                           for c in (ae_checkpoint, vae_checkpoint)]
+    if ae_setup != vae_setup:
+        cli.fail(f"ae.pt (latent_dim, arch, dataset, binarize = {ae_setup}) and vae.pt ({vae_setup}) were trained "
+                 f"differently; train both with the same flags: python main.py")
+    return {"ae": ae, "vae": vae}, {"ae": ae_checkpoint, "vae": vae_checkpoint}
 
 
 def main(argv=None):
-    parser = train.make_parser(__doc__.splitlines()[0])
-    train.add_common_flags(parser)
+    parser = cli.make_parser(__doc__.splitlines()[0])
+    cli.add_common_flags(parser)
+    cli.add_evaluation_flags(parser)
     args = parser.parse_args(argv)
-    evaluate(args.out_dir, args.data_dir, args.device, args.seed)
+    evaluate(args.out_dir, args.data_dir, args.device, args.seed, args.iw_samples)
     print(f"figures and metrics.json written to {args.out_dir}/")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
