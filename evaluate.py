@@ -264,9 +264,9 @@ def plot_loss_curves(out_dir, checkpoints):
 def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
     """Write every figure and metrics.json into out_dir."""
     start = time.perf_counter()
-    out_dir = cli.writable_dir(out_dir)
     device = cli.resolve_device(device_name)
     pair, checkpoints = load_pair(out_dir, device)
+    out_dir = cli.writable_dir(out_dir)
     dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
     train_images, train_labels = train.load_split(dataset, data_dir, True, device)
     test_images, test_labels = train.load_split(dataset, data_dir, False, device)

@@ -139,4 +139,4 @@ def pixel_entropy(images):
     """The BCE of a perfect reconstruction, nats per image: sum over pixels of -[x log x + (1 - x) log(1 - x)].
     0 for binary pixels; on grey pixels no model can reconstruct below it."""
     x = images.flatten(1).double()
-    return (-(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x)).sum(1).mean()).item()
+    return (-torch.special.xlogy(x, x) - torch.special.xlogy(1 - x, 1 - x)).sum(1).mean().item()

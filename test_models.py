@@ -448,6 +448,14 @@ def test_conv_fashion_mnist_runs_end_to_end(tmp_path):
     assert metrics["ae"]["config"] == {"latent_dim": 20, "arch": "conv"}
 
 
+def test_binarized_runs_train_and_test_on_binary_pixels(data_dir, tmp_path):
+    main.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu", "--binarize"])
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["data"]["binarized"] is True and report["data"]["test_pixel_entropy"] == 0
+    assert report["ae"]["binarize"] is True and report["vae"]["binarize"] is True
+    assert -report["vae"]["test_log_likelihood"] < report["vae"]["test_negative_elbo"]
+
+
 def test_evaluation_is_deterministic_for_a_seed(data_dir, trained_dir):
     pictures = {}
     for attempt in range(2):
@@ -557,6 +565,7 @@ def test_mismatched_checkpoints_are_refused(change, message, trained_dir, data_d
 @pytest.mark.parametrize("ae_flags, vae_flags", [
     (["--latent-dim", "3"], ["--latent-dim", "4"]),
     (["--arch", "mlp"], ["--arch", "conv"]),
+    (["--binarize"], []),
 ])
 def test_a_pair_trained_differently_is_refused(ae_flags, vae_flags, data_dir, tmp_path):
     for name, flags in [("ae", ae_flags), ("vae", vae_flags)]:
@@ -646,6 +655,17 @@ def test_ctrl_c_during_evaluation_leaves_every_file_whole(trained_dir, data_dir,
     assert (tmp_path / "reconstructions.png").read_bytes() == before["reconstructions.png"]
     assert (tmp_path / "metrics.json").read_bytes() == before["metrics.json"]  # written last: not reached
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_ctrl_c_in_main_names_the_model_and_epoch(data_dir, tmp_path, monkeypatch, capsys):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(lambda: main.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == f"interrupted: AE epoch 1/30, not saved; files already in {tmp_path}/ are untouched\n"
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_empty_error_message_still_gives_a_line():
