@@ -15,7 +15,6 @@ and in cli.py.
 """
 import math
 import time
-from pathlib import Path
 
 import torch
 
