@@ -48,10 +48,11 @@ def decode(model, z, batch_size=1000):
     return torch.cat([model.decode(chunk.to(device)) for chunk in z.split(batch_size)])
 
 
-def draw_latents(train_codes, n, mixture_codes=20_000):
+def draw_latents(train_codes, n, mixture_codes=10_000):
     """n latents from each sampler. The prior and the fitted Gaussian share their standard-normal eps
     (z = eps and z = mean + L eps), so their i-th draws correspond. The Gaussian is fitted to all the
-    codes, the mixture to a random 20,000 of them, which keeps EM to a few seconds on a CPU."""
+    codes, the mixture to a random 10,000 of them (about 1,000 per component), which keeps EM under
+    a second on a CPU."""
     gaussian = priors.Gaussian(train_codes)
     mixture = priors.GaussianMixture(train_codes[torch.randperm(len(train_codes))[:mixture_codes].to(train_codes.device)])
     eps = torch.randn(n, train_codes.shape[1])
