@@ -59,16 +59,16 @@ def draw_latents(train_codes, n, mixture_codes=10_000):
     return {"prior": eps, "fitted": gaussian.transform(eps), "mixture": mixture.sample(n)}, gaussian
 
 
-def interpolation_midpoints(model, images, n):
-    """Decode the midpoint between the codes of n random pairs of images."""
-    codes = latent_codes(model, images)
-    first, second = torch.randint(len(images), (2, n))
+def interpolation_midpoints(model, codes, n):
+    """Decode the midpoints of n random pairs of codes."""
+    first, second = torch.randint(len(codes), (2, n))
     return decode(model, (codes[first.to(codes.device)] + codes[second.to(codes.device)]) / 2)
 
 
-def score_models(pair, train_inputs, test_inputs, classifier, test_images, train_images):
+def score_models(pair, train_inputs, test_codes, classifier, test_images, train_images):
     """Every sampler's and reference's scores, 64 decoded draws of each sampler, and each model's fitted
-    Gaussian. train_inputs and test_inputs are what the models see (binarized for --binarize runs)."""
+    Gaussian. train_inputs are what the models see (binarized for --binarize runs), test_codes each
+    model's codes of what they see of the test split."""
     reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
     scores = {"train_images": metrics.sample_scores(classifier, train_images[torch.randperm(len(train_images))[:SAMPLES]],
                                                     reference)}
@@ -80,27 +80,28 @@ def score_models(pair, train_inputs, test_inputs, classifier, test_images, train
             scores[f"{name}_{sampler}"] = metrics.sample_scores(classifier, images, reference)
             shown[f"{name}_{sampler}"] = images[:64]
         scores[f"{name}_reconstructions"] = metrics.sample_scores(
-            classifier, decode(model, latent_codes(model, test_inputs)), reference)
+            classifier, decode(model, test_codes[name]), reference)
         scores[f"{name}_midpoints"] = metrics.sample_scores(
-            classifier, interpolation_midpoints(model, test_inputs, SAMPLES), reference)
+            classifier, interpolation_midpoints(model, test_codes[name], SAMPLES), reference)
     return scores, shown, gaussians
 
 
-def likelihood(vae, test_inputs, iw_samples):
-    """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units."""
+def likelihood(vae, test_inputs, test_means, iw_samples):
+    """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units
+    (from test_means, the means of q(z|x) over the test inputs)."""
     totals = sum(torch.stack(vae.loss_terms(x)) * len(x) for x in test_inputs.split(1000))
     reconstruction, kl = (totals / len(test_inputs)).tolist()
     return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,
             "test_log_likelihood": metrics.importance_weighted_bound(vae, test_inputs, iw_samples).mean().item(),
-            "iw_samples": iw_samples, "active_units": metrics.active_units(latent_codes(vae, test_inputs))}
+            "iw_samples": iw_samples, "active_units": metrics.active_units(test_means)}
 
 
-def code_spread(pair, test_inputs):
+def code_spread(test_codes):
     """Where each model's test codes lie in (z0, z1): the share inside the 2 sigma circle of N(0, I)
     (which holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square."""
     spread = {}
-    for name, model in pair.items():
-        z = latent_codes(model, test_inputs)[:, :2]
+    for name, codes in test_codes.items():
+        z = codes[:, :2]
         spread[name] = {"inside_2_sigma_circle": (z.pow(2).sum(1) <= 4).float().mean().item(),
                         "inside_square_3": (z.abs() <= 3).all(1).float().mean().item()}
     return spread
@@ -190,15 +191,15 @@ def draw_sigma_ellipses(ax, gaussian):
         ax.add_patch(Ellipse(mean, float(width), float(height), angle=angle, fill=False, color="black"))
 
 
-def plot_latent_scatter(out_dir, pair, images, labels, class_names, gaussians):
+def plot_latent_scatter(out_dir, test_codes, labels, class_names, gaussians):
     """The test set's codes, z0 against z1, with the prior's 1 and 2 sigma circles (dashed) and those of
     the Gaussian fitted to the model's training codes (solid). Points are drawn in the test set's own
     mixed order, so no class hides the others."""
     fig = Figure(figsize=(12, 5.6))
     axes = fig.subplots(1, 2)
-    for ax, (name, model) in zip(axes, pair.items()):
-        codes = latent_codes(model, images)[:, :2].cpu().numpy()
-        ax.scatter(codes[:, 0], codes[:, 1], s=2, alpha=0.5, color=colormaps["tab10"](labels.cpu().numpy()))
+    for ax, (name, codes) in zip(axes, test_codes.items()):
+        points = codes[:, :2].cpu().numpy()
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color=colormaps["tab10"](labels.cpu().numpy()))
         for radius in (1, 2):
             ax.add_patch(Circle((0, 0), radius, fill=False, linestyle="--", color="black"))
         draw_sigma_ellipses(ax, gaussians[name])
@@ -221,13 +222,12 @@ def plot_reconstructions(out_dir, pair, images):
     show_grids(out_dir / "reconstructions.png", grids, "reconstructions (VAE: decoding the mean)", columns=1)
 
 
-def plot_traversal(out_dir, vae, images, steps=9):
-    """Sweep two latent dimensions of one test digit's VAE code over [-3, 3].
+def plot_traversal(out_dir, vae, mu, steps=9):
+    """Sweep two latent dimensions of one test digit's VAE code over [-3, 3]; mu holds the test set's codes.
 
     The swept dimensions are the two whose means vary most over the test set: the VAE leaves some
     dimensions unused (their codes stay at the prior), and sweeping those would change nothing.
     """
-    mu = latent_codes(vae, images)
     first, second = mu.var(0).topk(2).indices.tolist()
     values = torch.linspace(-3, 3, steps, device=mu.device)
     z = mu[0].repeat(steps * steps, 1)
@@ -276,13 +276,14 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
         torch.manual_seed(seed)
         with torch.enable_grad():
             classifier = metrics.train_classifier(train_images, train_labels)
-        scores, shown, gaussians = score_models(pair, train_inputs, test_inputs, classifier, test_images, train_images)
-        vae_likelihood = likelihood(pair["vae"], test_inputs, iw_samples)
+        test_codes = {name: latent_codes(model, test_inputs) for name, model in pair.items()}
+        scores, shown, gaussians = score_models(pair, train_inputs, test_codes, classifier, test_images, train_images)
+        vae_likelihood = likelihood(pair["vae"], test_inputs, test_codes["vae"], iw_samples)
         plot_samples(out_dir, shown, scores)
         plot_interpolations(out_dir, pair, test_inputs, test_labels)
-        plot_latent_scatter(out_dir, pair, test_inputs, test_labels, cli.DATASETS[dataset].classes, gaussians)
+        plot_latent_scatter(out_dir, test_codes, test_labels, cli.DATASETS[dataset].classes, gaussians)
         plot_reconstructions(out_dir, pair, test_inputs)
-        plot_traversal(out_dir, pair["vae"], test_inputs)
+        plot_traversal(out_dir, pair["vae"], test_codes["vae"])
         if pair["vae"].latent_dim == 2:
             plot_manifold(out_dir, pair, device)
         plot_loss_curves(out_dir, checkpoints)
@@ -291,7 +292,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
             "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": metrics.pixel_entropy(test_inputs)},
             "classifier": {"test_accuracy": metrics.accuracy(classifier, test_images, test_labels)},
             "samples": scores,
-            "latent_codes": code_spread(pair, test_inputs),
+            "latent_codes": code_spread(test_codes),
             "evaluate_seconds": time.perf_counter() - start})
 
 
