@@ -12,13 +12,13 @@ drift in the machine's speed hits all of them alike; each adds one change to the
              it) with the default Adam
   train.py   the same with the fused Adam that train.py uses
 """
+import argparse
 import statistics
 import time
 
 import torch
 from torchvision import datasets, transforms
 
-import cli
 import models
 import train
 
@@ -37,14 +37,14 @@ def standard_epoch(model, optimizer, loader, device):
 
 
 def main(argv=None):
-    parser = cli.make_parser(__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/")
-    parser.add_argument("--device", default="auto", type=cli.device_name, help="as in train.py")
-    parser.add_argument("--rounds", type=cli.number(int, 1), default=3, help="epochs of each loop")
-    parser.add_argument("--batch-size", type=cli.number(int, 1), default=128, help="images per step")
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", default="auto", help="as in train.py")
+    parser.add_argument("--rounds", type=int, default=3, help="epochs of each loop")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
+    args = train.parse_flags(parser, argv)
 
-    device = cli.resolve_device(args.device)
+    device = train.resolve_device(args.device)
     images, _ = train.load_split("mnist", args.data_dir, True, device)
     dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
     on_gpu = device.type == "cuda"
@@ -81,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    train.run(main)

@@ -1,12 +1,14 @@
 """Figures and numbers that show why the VAE's latent space can be sampled and the AE's cannot, and
 what it takes to sample the AE's.
 
-    python evaluate.py        # reads results/ae.pt and results/vae.pt, writes figures and metrics.json there
+    python evaluate.py --data-dir data   # reads results/ae.pt and results/vae.pt, writes figures and metrics.json there
 
 Both models decode or encode the same inputs, so every figure compares them directly. Each model's
-latents are drawn three ways: from the prior N(0, I), from a Gaussian fitted to its training codes
-and from a 10-component Gaussian mixture fitted to them (priors.py). A digit classifier scores the
-decoded images (metrics.py), and importance sampling estimates the VAE's log-likelihood.
+latents are drawn three ways: from the prior N(0, I), from a Gaussian fitted to its training codes,
+and from a 10-component Gaussian mixture fitted to them (priors.py). The VAE's densities are fitted
+twice: to its posterior means, and to one draw z ~ q(z|x) per training image, what its decoder saw
+in training. A Gaussian per class draws a chosen digit from either model. A digit classifier scores
+what the models decode (metrics.py), and importance sampling bounds the VAE's log-likelihood.
 """
 import json
 import math
@@ -24,22 +26,81 @@ from matplotlib.patches import Circle, Ellipse
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
-import cli
 import metrics
-import models
 import priors
 import train
 
 SAMPLES = 10_000  # draws scored per sampler
+ON_DEMAND_DRAWS = 1000  # draws scored per class
 SAMPLERS = {"prior": "N(0, I)", "fitted": "fitted Gaussian", "mixture": "fitted mixture"}
 INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
 INTERPOLATION_STEPS = 10
 
 
-def latent_codes(model, images, batch_size=1000):
-    """The code of each image: z for the AE, the mean of q(z|x) for the VAE."""
-    codes = [model.encode(x) for x in images.split(batch_size)]
-    return torch.cat([code[0] if isinstance(model, models.VAE) else code for code in codes])
+@torch.no_grad()
+def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
+    """Write every figure and metrics.json into out_dir, in this order:
+
+    1. a digit classifier, trained on the training split, that scores whatever the models decode;
+    2. each model's codes of both splits (models.AE.code: z for the AE, the mean of q(z|x) for the VAE);
+    3. decoded draws from each sampler, reconstructions and interpolation midpoints, scored;
+    4. the VAE's test ELBO, its importance-weighted bound L_k and its active units;
+    5. the VAE's fitted Gaussian and mixture again, fitted to z ~ q(z|x) instead of its means;
+    6. digits on demand: for each model, a Gaussian fitted to each class's codes, and its draws scored;
+    7. the figures, and last metrics.json.
+    """
+    start = time.perf_counter()
+    device = train.resolve_device(device_name)
+    pair, checkpoints = load_pair(out_dir, device)
+    out_dir = train.writable_dir(out_dir)
+    dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
+    train_images, train_labels = train.load_split(dataset, data_dir, True, device)
+    test_images, test_labels = train.load_split(dataset, data_dir, False, device)
+    train_inputs, test_inputs = [train.binarize_once(x) if binarize else x for x in (train_images, test_images)]
+    with train.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
+        torch.manual_seed(seed)
+        with torch.enable_grad():
+            classifier = metrics.train_classifier(train_images, train_labels)
+        reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+        train_codes = {name: codes(model, train_inputs) for name, model in pair.items()}
+        test_codes = {name: codes(model, test_inputs) for name, model in pair.items()}
+        scores, shown, gaussians = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images)
+        vae_likelihood = likelihood(pair["vae"], test_inputs, test_codes["vae"], iw_samples)
+        sampled_codes = sampled_vae_codes(pair["vae"], train_inputs)
+        scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference))
+        on_demand, on_demand_shown = digits_on_demand(pair, {"ae": train_codes["ae"], "vae": sampled_codes},
+                                                      train_labels, classifier, reference)
+
+        class_names = train.DATASETS[dataset].classes
+        plot_samples(out_dir, shown, scores)
+        plot_on_demand(out_dir, on_demand_shown, on_demand, class_names)
+        plot_interpolations(out_dir, pair, test_inputs, test_labels)
+        plot_latent_scatter(out_dir, test_codes, test_labels, class_names, gaussians)
+        plot_reconstructions(out_dir, pair, test_inputs)
+        plot_traversal(out_dir, pair["vae"], test_codes["vae"])
+        if pair["vae"].latent_dim == 2:
+            plot_manifold(out_dir, pair, device)
+        plot_loss_curves(out_dir, checkpoints)
+        write_metrics(out_dir, checkpoints, {
+            "vae": vae_likelihood,
+            "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": metrics.pixel_entropy(test_inputs)},
+            "classifier": {"test_accuracy": metrics.accuracy(classifier, test_images, test_labels)},
+            "samples": scores,
+            "on_demand": on_demand,
+            "latent_codes": code_spread(test_codes),
+            "evaluate_seconds": time.perf_counter() - start})
+
+
+# The numbers.
+
+def codes(model, images, batch_size=1000):
+    """model.code of every image, in batches."""
+    return torch.cat([model.code(x) for x in images.split(batch_size)])
+
+
+def sampled_vae_codes(vae, images, batch_size=1000):
+    """One z ~ q(z|x) per image: the codes the VAE's decoder was trained on, wider than the means."""
+    return torch.cat([vae.reparameterize(*vae.encode(x)) for x in images.split(batch_size)])
 
 
 def decode(model, z, batch_size=1000):
@@ -48,13 +109,18 @@ def decode(model, z, batch_size=1000):
     return torch.cat([model.decode(chunk.to(device)) for chunk in z.split(batch_size)])
 
 
-def draw_latents(train_codes, n, mixture_codes=10_000):
+def fit_densities(train_codes, mixture_codes=10_000):
+    """A Gaussian fitted to all the codes, and a 10-component mixture fitted to a random 10,000 of them
+    (about 1,000 per component, which keeps EM under a second on a CPU). Fitting a density to an AE's
+    codes after training is ex-post density estimation (Ghosh et al., ICLR 2020)."""
+    subset = torch.randperm(len(train_codes))[:mixture_codes].to(train_codes.device)
+    return priors.Gaussian(train_codes), priors.GaussianMixture(train_codes[subset])
+
+
+def draw_latents(train_codes, n):
     """n latents from each sampler. The prior and the fitted Gaussian share their standard-normal eps
-    (z = eps and z = mean + L eps), so their i-th draws correspond. The Gaussian is fitted to all the
-    codes, the mixture to a random 10,000 of them (about 1,000 per component), which keeps EM under
-    a second on a CPU."""
-    gaussian = priors.Gaussian(train_codes)
-    mixture = priors.GaussianMixture(train_codes[torch.randperm(len(train_codes))[:mixture_codes].to(train_codes.device)])
+    (z = eps and z = mean + L eps), so their i-th draws correspond."""
+    gaussian, mixture = fit_densities(train_codes)
     eps = torch.randn(n, train_codes.shape[1])
     return {"prior": eps, "fitted": gaussian.transform(eps), "mixture": mixture.sample(n)}, gaussian
 
@@ -65,30 +131,35 @@ def interpolation_midpoints(model, codes, n):
     return decode(model, (codes[first.to(codes.device)] + codes[second.to(codes.device)]) / 2)
 
 
-def score_models(pair, train_inputs, test_codes, classifier, test_images, train_images):
+def score_samplers(pair, train_codes, test_codes, classifier, reference, train_images):
     """Every sampler's and reference's scores, 64 decoded draws of each sampler, and each model's fitted
-    Gaussian. train_inputs are what the models see (binarized for --binarize runs), test_codes each
-    model's codes of what they see of the test split."""
-    reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+    Gaussian. reference holds the statistics of the test split's features; real training images are
+    scored against it too, the floor of the Frechet distance."""
     scores = {"train_images": metrics.sample_scores(classifier, train_images[torch.randperm(len(train_images))[:SAMPLES]],
                                                     reference)}
     shown, gaussians = {}, {}
     for name, model in pair.items():
-        latents, gaussians[name] = draw_latents(latent_codes(model, train_inputs), SAMPLES)
+        latents, gaussians[name] = draw_latents(train_codes[name], SAMPLES)
         for sampler, z in latents.items():
             images = decode(model, z)
             scores[f"{name}_{sampler}"] = metrics.sample_scores(classifier, images, reference)
             shown[f"{name}_{sampler}"] = images[:64]
-        scores[f"{name}_reconstructions"] = metrics.sample_scores(
-            classifier, decode(model, test_codes[name]), reference)
+        scores[f"{name}_reconstructions"] = metrics.sample_scores(classifier, decode(model, test_codes[name]), reference)
         scores[f"{name}_midpoints"] = metrics.sample_scores(
             classifier, interpolation_midpoints(model, test_codes[name], SAMPLES), reference)
     return scores, shown, gaussians
 
 
+def score_vae_fits_to_sampled_codes(vae, sampled_codes, classifier, reference):
+    """The VAE's fitted Gaussian and mixture, refitted to one z ~ q(z|x) per training image."""
+    gaussian, mixture = fit_densities(sampled_codes)
+    return {f"vae_{sampler}_z": metrics.sample_scores(classifier, decode(vae, density.sample(SAMPLES)), reference)
+            for sampler, density in [("fitted", gaussian), ("mixture", mixture)]}
+
+
 def likelihood(vae, test_inputs, test_means, iw_samples):
     """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units
-    (from test_means, the means of q(z|x) over the test inputs)."""
+    (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016)."""
     totals = sum(torch.stack(vae.loss_terms(x)) * len(x) for x in test_inputs.split(1000))
     reconstruction, kl = (totals / len(test_inputs)).tolist()
     return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,
@@ -96,21 +167,42 @@ def likelihood(vae, test_inputs, test_means, iw_samples):
             "iw_samples": iw_samples, "active_units": metrics.active_units(test_means)}
 
 
+def class_samplers(train_codes, train_labels):
+    """One Gaussian per class, fitted to the codes of that class's training images alone."""
+    return [priors.Gaussian(train_codes[train_labels == label]) for label in range(int(train_labels.max()) + 1)]
+
+
+def digits_on_demand(pair, train_codes, train_labels, classifier, reference):
+    """A chosen class from either model, without retraining: decode draws from a Gaussian fitted to the
+    codes of that class's training images. Per model: the requested-class scores of ON_DEMAND_DRAWS
+    draws per class, their Frechet distance to the test split, and 8 draws per class to show."""
+    results, shown = {}, {}
+    for name, model in pair.items():
+        samplers = class_samplers(train_codes[name], train_labels)
+        requested = torch.arange(len(samplers)).repeat_interleave(ON_DEMAND_DRAWS)
+        images = decode(model, torch.cat([sampler.sample(ON_DEMAND_DRAWS) for sampler in samplers]))
+        probabilities, features = metrics.classify(classifier, images)
+        results[name] = {**metrics.requested_class_scores(probabilities, requested),
+                         "frechet_distance": metrics.frechet_distance(*metrics.gaussian_statistics(features), *reference)}
+        shown[name] = images.view(len(samplers), ON_DEMAND_DRAWS, *images.shape[1:])[:, :8]
+    return results, shown
+
+
 def code_spread(test_codes):
     """Where each model's test codes lie in (z0, z1): the share inside the 2 sigma circle of N(0, I)
     (which holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square."""
     spread = {}
-    for name, codes in test_codes.items():
-        z = codes[:, :2]
+    for name, codes_ in test_codes.items():
+        z = codes_[:, :2]
         spread[name] = {"inside_2_sigma_circle": (z.pow(2).sum(1) <= 4).float().mean().item(),
                         "inside_square_3": (z.abs() <= 3).all(1).float().mean().item()}
     return spread
 
 
-# Figures.
+# The figures.
 
 def save_figure(fig, path):
-    cli.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
+    train.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
 
 
 def show_grids(path, grids, title, columns=None):
@@ -132,7 +224,7 @@ def show_grids(path, grids, title, columns=None):
 
 
 def save_grid(images, path, nrow):
-    cli.write_atomically(path, lambda temporary: save_image(images, temporary, nrow=nrow))
+    train.write_atomically(path, lambda temporary: save_image(images, temporary, nrow=nrow))
 
 
 def save_per_model(out_dir, stem, images_by_model, nrow, title):
@@ -157,11 +249,20 @@ def plot_samples(out_dir, shown, scores):
     show_grids(out_dir / "samples.png", grids, "decoded draws: the prior and the Gaussian columns share their eps", columns=3)
 
 
+def plot_on_demand(out_dir, shown, results, class_names):
+    """One row per class, AE and VAE side by side: 8 draws from the class's Gaussian, titled with its hit share."""
+    grids = {f"{name.upper()}: {class_names[label]} ({results[name]['per_class_hit'][label]:.0%})":
+             make_grid(shown[name][label], nrow=8, pad_value=1)
+             for label in range(len(class_names)) for name in ("ae", "vae")}
+    show_grids(out_dir / "on_demand.png", grids, "a chosen class: draws from a Gaussian fitted to that class's codes\n"
+               "(in brackets: the share the classifier assigns to that class with p >= 0.9)", columns=2)
+
+
 def interpolate(model, start, end, steps):
     """Decode evenly spaced points on the straight line between the codes of two images."""
-    codes = latent_codes(model, torch.stack([start, end]))
-    weights = torch.linspace(0, 1, steps, device=codes.device).unsqueeze(1)
-    return model.decode(codes[0] + weights * (codes[1] - codes[0]))
+    ends = model.code(torch.stack([start, end]))
+    weights = torch.linspace(0, 1, steps, device=ends.device).unsqueeze(1)
+    return model.decode(ends[0] + weights * (ends[1] - ends[0]))
 
 
 def plot_interpolations(out_dir, pair, images, labels):
@@ -177,7 +278,7 @@ def plot_interpolations(out_dir, pair, images, labels):
     frames = torch.stack([make_grid([start, image, end], nrow=3, pad_value=1) for image in torch.cat([walk, walk.flip(0)])])
     frames = F.interpolate(frames, scale_factor=4)  # nearest neighbour: crisp, 4x larger pixels
     pictures = [to_pil_image(frame) for frame in frames.cpu()]
-    cli.write_atomically(out_dir / "interpolation_vae.gif", lambda temporary: pictures[0].save(
+    train.write_atomically(out_dir / "interpolation_vae.gif", lambda temporary: pictures[0].save(
         temporary, save_all=True, append_images=pictures[1:], duration=60, loop=0))
 
 
@@ -197,8 +298,8 @@ def plot_latent_scatter(out_dir, test_codes, labels, class_names, gaussians):
     mixed order, so no class hides the others."""
     fig = Figure(figsize=(12, 5.6))
     axes = fig.subplots(1, 2)
-    for ax, (name, codes) in zip(axes, test_codes.items()):
-        points = codes[:, :2].cpu().numpy()
+    for ax, (name, codes_) in zip(axes, test_codes.items()):
+        points = codes_[:, :2].cpu().numpy()
         ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color=colormaps["tab10"](labels.cpu().numpy()))
         for radius in (1, 2):
             ax.add_patch(Circle((0, 0), radius, fill=False, linestyle="--", color="black"))
@@ -218,7 +319,7 @@ def plot_reconstructions(out_dir, pair, images):
     originals = images[:16]
     grids = {"test images": make_grid(originals, nrow=16, pad_value=1)}
     for name, model in pair.items():
-        grids[name.upper()] = make_grid(model.decode(latent_codes(model, originals)), nrow=16, pad_value=1)
+        grids[name.upper()] = make_grid(model.decode(model.code(originals)), nrow=16, pad_value=1)
     show_grids(out_dir / "reconstructions.png", grids, "reconstructions (VAE: decoding the mean)", columns=1)
 
 
@@ -261,41 +362,6 @@ def plot_loss_curves(out_dir, checkpoints):
     save_figure(fig, out_dir / "loss_curves.png")
 
 
-@torch.no_grad()
-def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
-    """Write every figure and metrics.json into out_dir."""
-    start = time.perf_counter()
-    device = cli.resolve_device(device_name)
-    pair, checkpoints = load_pair(out_dir, device)
-    out_dir = cli.writable_dir(out_dir)
-    dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
-    train_images, train_labels = train.load_split(dataset, data_dir, True, device)
-    test_images, test_labels = train.load_split(dataset, data_dir, False, device)
-    train_inputs, test_inputs = [train.binarize_once(x) if binarize else x for x in (train_images, test_images)]
-    with cli.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
-        torch.manual_seed(seed)
-        with torch.enable_grad():
-            classifier = metrics.train_classifier(train_images, train_labels)
-        test_codes = {name: latent_codes(model, test_inputs) for name, model in pair.items()}
-        scores, shown, gaussians = score_models(pair, train_inputs, test_codes, classifier, test_images, train_images)
-        vae_likelihood = likelihood(pair["vae"], test_inputs, test_codes["vae"], iw_samples)
-        plot_samples(out_dir, shown, scores)
-        plot_interpolations(out_dir, pair, test_inputs, test_labels)
-        plot_latent_scatter(out_dir, test_codes, test_labels, cli.DATASETS[dataset].classes, gaussians)
-        plot_reconstructions(out_dir, pair, test_inputs)
-        plot_traversal(out_dir, pair["vae"], test_codes["vae"])
-        if pair["vae"].latent_dim == 2:
-            plot_manifold(out_dir, pair, device)
-        plot_loss_curves(out_dir, checkpoints)
-        write_metrics(out_dir, checkpoints, {
-            "vae": vae_likelihood,
-            "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": metrics.pixel_entropy(test_inputs)},
-            "classifier": {"test_accuracy": metrics.accuracy(classifier, test_images, test_labels)},
-            "samples": scores,
-            "latent_codes": code_spread(test_codes),
-            "evaluate_seconds": time.perf_counter() - start})
-
-
 # Plumbing: reading the checkpoints and writing metrics.json.
 
 def write_metrics(out_dir, checkpoints, results):
@@ -308,7 +374,7 @@ def write_metrics(out_dir, checkpoints, results):
                         **{key: checkpoint[key] for key in ("config", "dataset", "binarize", "device", "seed", "versions")}}
     report["vae"].update(results.pop("vae"))
     report.update(results)
-    cli.write_atomically(out_dir / "metrics.json", lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+    train.write_atomically(out_dir / "metrics.json", lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
 
 
 def load_model(out_dir, name, device):
@@ -316,20 +382,20 @@ def load_model(out_dir, name, device):
     path = Path(out_dir) / f"{name}.pt"
     retrain = f"python train.py --model {name} --out-dir {out_dir}"
     if not path.exists():
-        cli.fail(f"{path} not found; train it first: {retrain}")
+        train.fail(f"{path} not found; train it first: {retrain}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict copies to the device
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        cli.fail(f"{path} is not a readable checkpoint ({cli.last_line(error)})")
+        train.fail(f"{path} is not a readable checkpoint ({train.last_line(error)})")
     if not isinstance(checkpoint, dict) or not train.CHECKPOINT_KEYS <= checkpoint.keys():
-        cli.fail(f"{path} is not a checkpoint written by train.py; retrain it: {retrain}")
+        train.fail(f"{path} is not a checkpoint written by train.py; retrain it: {retrain}")
     if checkpoint["model"] != name:
-        cli.fail(f"{path} holds a {checkpoint['model']!r} checkpoint, not {name!r}; retrain it: {retrain}")
+        train.fail(f"{path} holds a {checkpoint['model']!r} checkpoint, not {name!r}; retrain it: {retrain}")
     try:
         model = train.MODELS[name](**checkpoint["config"]).to(device)
         model.load_state_dict(checkpoint["model_state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        cli.fail(f"{path} does not fit models.{name.upper()} ({cli.last_line(error)}); retrain it: {retrain}")
+        train.fail(f"{path} does not fit models.{name.upper()} ({train.last_line(error)}); retrain it: {retrain}")
     return model.eval(), checkpoint
 
 
@@ -339,19 +405,22 @@ def load_pair(out_dir, device):
     ae_setup, vae_setup = [(c["config"]["latent_dim"], c["config"]["arch"], c["dataset"], c["binarize"])
                            for c in (ae_checkpoint, vae_checkpoint)]
     if ae_setup != vae_setup:
-        cli.fail(f"ae.pt (latent_dim, arch, dataset, binarize = {ae_setup}) and vae.pt ({vae_setup}) were trained "
-                 f"differently; train both with the same flags: python main.py")
+        train.fail(f"ae.pt (latent_dim, arch, dataset, binarize = {ae_setup}) and vae.pt ({vae_setup}) were trained "
+                   f"differently; train both with the same flags: python main.py")
     return {"ae": ae, "vae": vae}, {"ae": ae_checkpoint, "vae": vae_checkpoint}
 
 
+def add_flags(parser):
+    parser.add_argument("--iw-samples", type=int, default=50,
+                        help="importance samples per test image for the VAE's log-likelihood bound L_k")
+    return parser
+
+
 def main(argv=None):
-    parser = cli.make_parser(__doc__.splitlines()[0])
-    cli.add_common_flags(parser)
-    cli.add_evaluation_flags(parser)
-    args = parser.parse_args(argv)
+    args = train.parse_flags(add_flags(train.make_parser(__doc__.splitlines()[0], training=False)), argv)
     evaluate(args.out_dir, args.data_dir, args.device, args.seed, args.iw_samples)
     print(f"figures and metrics.json written to {args.out_dir}/")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    train.run(main)

@@ -1,22 +1,17 @@
 """Train the AE, then the VAE, then write the figures and metrics: the whole project in one command.
 
-    python main.py                          # 30 epochs each, on CUDA when available
+    python main.py                                 # 30 epochs each, on CUDA or MPS when available
     python main.py --data-dir ../shared/data --epochs 5
 """
 import time
 
-import cli
 import evaluate
 import train
 
 
 def main(argv=None):
     start = time.perf_counter()
-    parser = cli.make_parser(__doc__.splitlines()[0])
-    cli.add_common_flags(parser)
-    cli.add_training_flags(parser)
-    cli.add_evaluation_flags(parser)
-    args = parser.parse_args(argv)
+    args = train.parse_flags(evaluate.add_flags(train.make_parser(__doc__.splitlines()[0])), argv)
     train.train(args, ["ae", "vae"])
     evaluate.evaluate(args.out_dir, args.data_dir, args.device, args.seed, args.iw_samples)
     print(f"figures and metrics.json are in {args.out_dir}/ (README.md explains each one); "
@@ -24,4 +19,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    train.run(main)

@@ -6,9 +6,10 @@ Sample quality is judged by a small classifier trained on the same dataset:
   coverage          the entropy of its predicted-class histogram over log(classes): 1 when every
                     class is equally frequent, 0 when all images fall in one class
   frechet_distance  the Frechet distance between Gaussians fitted to its last hidden layer's
-                    features of these images and of the test split: the FID formula, in a feature
-                    space made for digits (0 for identical statistics, larger is further)
+                    features of these images and of the test split: the FID formula (Heusel et al.,
+                    NeurIPS 2017) in a feature space made for digits (0 for identical statistics)
 
+Statistics run in float64 on the host (the CPU): some training devices (Apple's MPS) have no float64.
 This file imports only torch.
 """
 import math
@@ -67,16 +68,29 @@ def recognisable(probabilities, threshold=0.9):
     return (probabilities.max(1).values >= threshold).float().mean().item()
 
 
+def requested_class_scores(probabilities, requested, threshold=0.9):
+    """How often images drawn for a requested class come out as that class:
+    hit            the share the classifier assigns to the requested class with probability >= threshold
+    assigned       the share it assigns to the requested class at all (its most likely class)
+    per_class_hit  hit within each requested class, in class order"""
+    confidence, predicted = probabilities.cpu().max(1)
+    assigned = predicted == requested.cpu()
+    hit = (assigned & (confidence >= threshold)).float()
+    per_class = torch.zeros(probabilities.shape[1]).index_add_(0, requested.cpu(), hit)
+    counts = torch.bincount(requested.cpu(), minlength=probabilities.shape[1]).clamp_min(1)
+    return {"hit": hit.mean().item(), "assigned": assigned.float().mean().item(), "per_class_hit": (per_class / counts).tolist()}
+
+
 def coverage(probabilities):
     """Entropy of the predicted-class histogram divided by its maximum, log(classes)."""
     classes = probabilities.shape[1]
-    shares = torch.bincount(probabilities.argmax(1), minlength=classes).double() / len(probabilities)
+    shares = torch.bincount(probabilities.argmax(1), minlength=classes).cpu().double() / len(probabilities)
     return (-torch.special.xlogy(shares, shares).sum() / math.log(classes)).item()
 
 
 def gaussian_statistics(features):
     """Mean and (unbiased) covariance of feature vectors, in float64."""
-    features = features.double()
+    features = features.cpu().double()
     return features.mean(0), torch.cov(features.T)
 
 
@@ -138,5 +152,5 @@ def active_units(means, threshold=0.01):
 def pixel_entropy(images):
     """The BCE of a perfect reconstruction, nats per image: sum over pixels of -[x log x + (1 - x) log(1 - x)].
     0 for binary pixels; on grey pixels no model can reconstruct below it."""
-    x = images.flatten(1).double()
+    x = images.flatten(1).cpu().double()  # float64 on the host: MPS has none
     return (-torch.special.xlogy(x, x) - torch.special.xlogy(1 - x, 1 - x)).sum(1).mean().item()

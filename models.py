@@ -100,6 +100,10 @@ class AE(nn.Module):
     def encode(self, x):
         return self.encoder(x)
 
+    def code(self, x):
+        """The point in latent space that stands for x in the figures and samplers: z itself."""
+        return self.encode(x)
+
     def decode_logits(self, z):
         return self.decoder(z)
 
@@ -135,6 +139,10 @@ class VAE(AE):
         """Returns (mu, logvar) of q(z|x)."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
+
+    def code(self, x):
+        """The mean of q(z|x): the centre of the region that stands for x, without the sampling noise."""
+        return self.encode(x)[0]
 
     @staticmethod
     def reparameterize(mu, logvar):

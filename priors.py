@@ -55,8 +55,9 @@ class GaussianMixture:
         self.means = spread_out_means(x, components, generator)
         self.scales = torch.linalg.cholesky(covariance(x)[1] + self.ridge).expand(components, -1, -1)
         self.log_weights = torch.full((components,), -math.log(components), dtype=x.dtype)
-        previous = -math.inf
-        for self.iterations in range(1, max_iterations + 1):
+        previous, self.iterations = -math.inf, 0
+        while self.iterations < max_iterations:
+            self.iterations += 1
             log_joint = self.log_weights + self.component_log_densities(x, outer_products)  # (N, K): log p(k) p(x | k)
             log_likelihood = torch.logsumexp(log_joint, dim=1, keepdim=True)
             self.maximise(x, outer_products, (log_joint - log_likelihood).exp())

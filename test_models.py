@@ -1,12 +1,14 @@
-"""Tests: the maths against torch.distributions, the model interface, training, the scripts end to end
-and their error messages. Offline and without the real MNIST: a tiny MNIST-format dataset is
-written as IDX files into a temporary directory.
+"""Tests: the maths against torch.distributions, the model interface, training, the scripts end to end,
+what stays on the training device, and the error messages. Offline and without the real MNIST: a
+tiny MNIST-format dataset is written as IDX files into a temporary directory.
 
     python -m pytest
 """
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -17,22 +19,25 @@ import numpy as np
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 from torchvision import datasets
 
-import cli
 import evaluate
 import main
 import metrics
 import models
 import priors
+import seeds
 import train
 
 HERE = Path(__file__).parent
 FIGURES = ["samples.png", "samples_ae.png", "samples_vae.png", "interpolation.png", "interpolation_ae.png",
            "interpolation_vae.png", "interpolation_vae.gif", "latent_scatter.png", "reconstructions.png",
-           "traversal_vae.png", "loss_curves.png", "metrics.json"]
+           "traversal_vae.png", "loss_curves.png", "on_demand.png", "metrics.json"]
 SAMPLE_NAMES = {"train_images", "ae_prior", "ae_fitted", "ae_mixture", "ae_reconstructions", "ae_midpoints",
-                "vae_prior", "vae_fitted", "vae_mixture", "vae_reconstructions", "vae_midpoints"}
+                "vae_prior", "vae_fitted", "vae_mixture", "vae_reconstructions", "vae_midpoints",
+                "vae_fitted_z", "vae_mixture_z"}
 MANIFOLD = ["manifold.png", "manifold_ae.png", "manifold_vae.png"]
 
 
@@ -426,6 +431,11 @@ def test_metrics_json_has_its_keys(trained_dir, data_dir):
         assert set(score) == {"recognisable", "coverage", "frechet_distance"}, name
         assert 0 <= score["recognisable"] <= 1 and 0 <= score["coverage"] <= 1 + 1e-9 and score["frechet_distance"] >= -1e-6
     assert set(report["latent_codes"]) == {"ae", "vae"}
+    for name in ("ae", "vae"):
+        on_demand = report["on_demand"][name]
+        assert set(on_demand) == {"hit", "assigned", "per_class_hit", "frechet_distance"}
+        assert 0 <= on_demand["hit"] <= on_demand["assigned"] <= 1 and len(on_demand["per_class_hit"]) == 10
+        assert on_demand["hit"] == pytest.approx(np.mean(on_demand["per_class_hit"]))  # 1,000 draws in every class
 
 
 def test_two_dimensional_latents_add_the_manifold(data_dir, tmp_path):
@@ -467,9 +477,11 @@ def test_evaluation_is_deterministic_for_a_seed(data_dir, trained_dir):
 # Errors a user can act on: one line, non-zero exit, no traceback.
 
 def no_download(monkeypatch):
-    """Make any download attempt fail at once, whether or not this machine is online."""
+    """Make any download attempt fail at once, whether or not this machine is online. Like torchvision's own
+    download(), it returns at once when the files are there already."""
     def refuse(self):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: the test refused the download")
+        if not self._check_exists():
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: the test refused the download")
     monkeypatch.setattr(datasets.MNIST, "download", refuse)
 
 
@@ -478,12 +490,12 @@ def test_missing_data_gives_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"), "--epochs", "1"])
     message = str(exit_info.value.code)
-    assert message.count("\n") == 0 and message.startswith("error: no mnist data in")
+    assert message.count("\n") == 0 and message.startswith("error: cannot read or download mnist in")
     assert f"{tmp_path / 'data' / 'MNIST' / 'raw'}/" in message and "t10k-images-idx3-ubyte" in message
     assert "the test refused the download" in message
 
 
-def test_a_damaged_data_file_is_named_without_blaming_a_download(data_dir, tmp_path, monkeypatch):
+def test_a_damaged_data_file_gives_one_clear_line(data_dir, tmp_path, monkeypatch):
     no_download(monkeypatch)
     copy = tmp_path / "data" / "MNIST" / "raw"
     copy.mkdir(parents=True)
@@ -494,44 +506,91 @@ def test_a_damaged_data_file_is_named_without_blaming_a_download(data_dir, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"), "--epochs", "1"])
     message = str(exit_info.value.code)
-    assert f"{damaged} is damaged" in message and "delete it" in message and "download failed" not in message
-    assert message.count("\n") == 0
+    assert message.startswith(f"error: cannot read or download mnist in {copy}/ (shape")
+    assert "is invalid for input of size" in message and "the test refused" not in message  # no download was tried
+    assert "put the four original uncompressed IDX files there" in message and message.count("\n") == 0
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs: must be at least 1"),
-    (["--batch-size", "0"], "--batch-size: must be at least 1"),
-    (["--latent-dim", "1"], "--latent-dim: must be at least 2"),
-    (["--beta", "-0.5"], "--beta: must be at least 0"),
-    (["--lr", "0"], "--lr: must be greater than 0"),
-    (["--epochs", "ten"], "--epochs: expected an integer"),
-    (["--device", "tpu"], "--device: 'tpu' is not a device torch knows"),
-    (["--iw-samples", "0"], "--iw-samples: must be at least 1"),
-    (["--lr", "nan"], "--lr: must be greater than 0"),
-    (["--arch", "resnet"], "--arch: invalid choice"),
-    (["--dataset", "cifar10"], "--dataset: invalid choice"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--latent-dim", "1"], "--latent-dim must be at least 2"),
+    (["--beta", "-0.5"], "--beta must be at least 0"),
+    (["--beta", "nan"], "--beta must be at least 0"),
+    (["--lr", "0"], "--lr must be greater than 0"),
+    (["--lr", "nan"], "--lr must be greater than 0"),
+    (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--iw-samples", "0"], "--iw-samples must be at least 1"),
+    (["--arch", "resnet"], "argument --arch: invalid choice"),
+    (["--dataset", "cifar10"], "argument --dataset: invalid choice"),
 ])
-def test_bad_flags_are_refused(flags, message, capsys):
+def test_bad_flags_are_refused_by_argparse(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(flags)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert message in error and error.strip().count("\n") == 0
+    assert error.startswith("usage: ") and message in error.strip().splitlines()[-1]
+
+
+def current_accelerator():
+    """torch.accelerator.current_accelerator(), guarded: torch 2.6 raises where no accelerator is present."""
+    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
 
 
 @pytest.mark.parametrize("name", ["cuda", "cuda:7", "mps", "xpu"])
 def test_asking_for_a_missing_device_is_refused(name):
-    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-    device = torch.device(name)
+    accelerator, device = current_accelerator(), torch.device(name)
     if accelerator is not None and accelerator.type == device.type and (device.index or 0) < torch.accelerator.device_count():
         pytest.skip(f"{name} is available here")
     with pytest.raises(SystemExit, match=f"error: --device {name} is not available here"):
-        cli.resolve_device(name)
+        train.resolve_device(name)
+
+
+def test_a_device_torch_does_not_know_is_refused_in_one_line():
+    with pytest.raises(SystemExit, match="error: --device tpu is not a device torch knows; try auto, cpu"):
+        train.resolve_device("tpu")
 
 
 def test_the_cpu_and_auto_devices_always_resolve():
-    assert cli.resolve_device("cpu") == torch.device("cpu")
-    assert cli.resolve_device("auto").type in {"cpu", getattr(torch.accelerator.current_accelerator(), "type", "cpu")}
+    assert train.resolve_device("cpu") == torch.device("cpu")
+    assert train.resolve_device("auto").type in {"cpu", getattr(current_accelerator(), "type", "cpu")}
+
+
+def pretend_gpu(monkeypatch, capability, arch_list):
+    """Make torch report one CUDA GPU of the given compute capability, and a build with these kernels."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Old GPU")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list)
+
+
+@pytest.mark.parametrize("capability, arch_list, fits", [
+    ((6, 1), ["sm_75", "sm_80", "sm_86", "sm_90", "compute_90"], False),  # a GTX 10xx under a wheel for sm_75+
+    ((7, 0), ["sm_75", "sm_80"], False),  # a V100: sm_75 kernels are for 7.5 and up, not 7.0
+    ((7, 5), ["sm_75", "sm_80"], True),   # a T4, as on Colab
+    ((8, 9), ["sm_80", "sm_86", "sm_90"], True),  # sm_86 kernels run on 8.9
+    ((9, 0), ["sm_80", "sm_86"], False),  # a newer major version needs its own kernels or PTX
+    ((12, 0), ["sm_80", "sm_90a", "compute_90"], True),  # PTX for 9.0, compiled by the driver for 12.0
+])
+def test_cuda_kernels_fit_the_gpu(monkeypatch, capability, arch_list, fits):
+    pretend_gpu(monkeypatch, capability, arch_list)
+    assert train.cuda_kernels_fit(0) is fits
+
+
+def test_auto_falls_back_to_the_cpu_on_a_gpu_without_kernels(monkeypatch, capsys):
+    pretend_gpu(monkeypatch, (6, 1), ["sm_75", "sm_80"])
+    assert train.resolve_device("auto") == torch.device("cpu")
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and said.startswith("using the CPU: this torch build has no kernels for the Old GPU")
+    assert "compute capability 6.1; it has sm_75 sm_80" in said
+    with pytest.raises(SystemExit) as exit_info:
+        train.resolve_device("cuda")
+    message = str(exit_info.value.code)
+    assert message.count("\n") == 0 and message.startswith("error: this torch build has no kernels") and "--device cpu" in message
+    pretend_gpu(monkeypatch, (8, 6), ["sm_75", "sm_80"])
+    assert train.resolve_device("auto") == torch.device("cuda") == train.resolve_device("cuda")
 
 
 def test_missing_checkpoint_is_named(tmp_path, data_dir):
@@ -589,7 +648,7 @@ def test_a_mismatched_checkpoint_exits_with_one_line_from_the_command_line(train
 def test_an_out_dir_that_is_a_file_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("the data was read before the out-dir was checked")
-    monkeypatch.setattr(cli, "open_dataset", no_data)
+    monkeypatch.setattr(train, "open_dataset", no_data)
     target = tmp_path / "results"
     target.write_text("my notes")
     for out_dir, message in [(target, "is a file, not a folder"), (target / "sub", "cannot be written")]:
@@ -604,7 +663,7 @@ def test_a_read_only_out_dir_is_refused(tmp_path):
     tmp_path.chmod(0o500)
     try:
         with pytest.raises(SystemExit, match="cannot be written"):
-            cli.writable_dir(tmp_path)
+            train.writable_dir(tmp_path)
     finally:
         tmp_path.chmod(0o700)
 
@@ -646,9 +705,9 @@ def test_ctrl_c_during_evaluation_leaves_every_file_whole(trained_dir, data_dir,
         temporary.write_bytes(b"half a figure")
         raise KeyboardInterrupt
     monkeypatch.setattr(evaluate, "plot_reconstructions",
-                        lambda *args: cli.write_atomically(tmp_path / "reconstructions.png", interrupted_save))
+                        lambda *args: train.write_atomically(tmp_path / "reconstructions.png", interrupted_save))
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(lambda: evaluate.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
+        train.run(lambda: evaluate.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
     assert exit_info.value.code == 130
     error = capsys.readouterr().err
     assert error.startswith("interrupted: evaluation stopped") and error.strip().count("\n") == 0
@@ -662,12 +721,186 @@ def test_ctrl_c_in_main_names_the_model_and_epoch(data_dir, tmp_path, monkeypatc
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "train_epoch", interrupted)
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(lambda: main.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
+        train.run(lambda: main.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == f"interrupted: AE epoch 1/30, not saved; files already in {tmp_path}/ are untouched\n"
     assert not list(tmp_path.iterdir())
 
 
 def test_an_empty_error_message_still_gives_a_line():
-    assert cli.last_line(RuntimeError()) == "RuntimeError"
-    assert cli.last_line(RuntimeError("first\nlast\n")) == "last"
+    assert train.last_line(RuntimeError()) == "RuntimeError"
+    assert train.last_line(RuntimeError("first\nlast\n")) == "last"
+
+
+# What stays on the training device: MPS has no float64, and .numpy() needs a host tensor.
+
+TRAINING_DEVICE = torch.device("cpu", 0)  # the CPU under another name, which the tracker counts as the device
+HOST_SYNCS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__format__"}
+
+
+class DeviceTracker(TorchFunctionMode):
+    """Tells device tensors from host tensors on a CPU-only machine, where both live in the same memory.
+
+    A tensor is marked as on the training device when it is moved there (.to(TRAINING_DEVICE), which
+    Module.to does to every parameter), made there (a factory called with device=TRAINING_DEVICE), or
+    computed from a marked tensor; a marked tensor's .device says TRAINING_DEVICE, and .cpu() or
+    .to("cpu") gives an unmarked host copy. A marked float64 result or a .numpy() of a marked tensor
+    fails, as both do on MPS; with no_sync=True, so does every call that makes the host wait for the device.
+    """
+
+    def __init__(self, no_sync=False):
+        super().__init__()
+        self.no_sync = no_sync
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        attribute = getattr(getattr(func, "__self__", None), "__name__", "")  # "device" for x.device, "data" for x.data = y
+        marked = any(getattr(t, "on_device", False) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+        target = kwargs.get("device", next((a for a in args[1:] if isinstance(a, (str, torch.device))), None) if name == "to" else None)
+        target = None if target is None else torch.device(target)
+        to_host = name == "cpu" or target == torch.device("cpu")
+        if marked and name == "numpy":
+            raise AssertionError(".numpy() of a tensor on the training device")
+        if marked and self.no_sync and (name in HOST_SYNCS or to_host):
+            raise AssertionError(f"{name}() inside the epoch makes the host wait for the device")
+        result = func(*args, **kwargs)
+        if name == "__get__" and attribute == "device" and marked:
+            return TRAINING_DEVICE
+        if name == "__set__" and attribute == "data" and marked:
+            args[0].on_device = True
+        if to_host:
+            return result.clone() if result is args[0] else result  # a new tensor, unmarked
+        if marked or target == TRAINING_DEVICE:
+            for output in pytree.tree_leaves(result):
+                if isinstance(output, torch.Tensor):
+                    if output.dtype == torch.float64:
+                        raise AssertionError(f"{name}() made a float64 tensor on the training device")
+                    output.on_device = True
+        return result
+
+
+def test_the_tracker_catches_device_float64_and_numpy_but_not_host_work():
+    with DeviceTracker():
+        on_device = torch.ones(3).to(TRAINING_DEVICE)
+        assert on_device.device == TRAINING_DEVICE and torch.zeros(2, device=on_device.device).on_device
+        host = (on_device * 2).cpu()
+        assert host.double().numpy().sum() == 6  # float64 and numpy on the host are fine
+        with pytest.raises(AssertionError, match="float64 tensor on the training device"):
+            (on_device * 2).double()
+        with pytest.raises(AssertionError, match="numpy"):
+            on_device.sum(0, keepdim=True).numpy()
+        model = torch.nn.Linear(3, 1).to(TRAINING_DEVICE)
+        assert all(getattr(parameter, "on_device", False) for parameter in model.parameters())
+        assert model(torch.ones(1, 3)).on_device
+    with DeviceTracker(no_sync=True):
+        with pytest.raises(AssertionError, match="host wait"):
+            on_device.sum().item()
+
+
+def test_evaluation_keeps_float64_and_numpy_off_the_training_device(trained_dir, data_dir, tmp_path):
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(trained_dir / name, tmp_path / name)
+    with DeviceTracker():
+        evaluate.evaluate(tmp_path, data_dir, str(TRAINING_DEVICE), seed=0)
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_binarize_once_draws_on_the_host_and_returns_to_the_device():
+    images = torch.rand(4, *models.IMAGE_SHAPE)
+    with DeviceTracker():
+        binarized = train.binarize_once(images.to(TRAINING_DEVICE))
+        assert binarized.on_device
+    assert torch.equal(binarized, torch.bernoulli(images, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+@pytest.mark.parametrize("model_class", [models.AE, models.VAE])
+def test_an_epoch_never_waits_for_the_device(model_class, binarize):
+    torch.manual_seed(0)
+    with DeviceTracker(no_sync=True):
+        model = model_class().to(TRAINING_DEVICE)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        mean_loss = train.train_epoch(model, optimizer, torch.rand(40, *models.IMAGE_SHAPE).to(TRAINING_DEVICE), 16, binarize)
+    assert mean_loss.on_device and mean_loss.item() > 0  # read after the epoch, outside the tracker
+
+
+# Digits on demand: a Gaussian per class.
+
+def test_class_samplers_fit_each_class_to_its_own_codes_alone():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    cluster = torch.arange(3000) % 3
+    codes = centres[cluster] + torch.randn(3000, 2)
+    labels = (cluster + 1) % 3  # class k is cluster k - 1: the samplers must follow the labels, not the order
+    samplers = evaluate.class_samplers(codes, labels)
+    for label, sampler in enumerate(samplers):
+        own = codes[labels == label].double()
+        torch.testing.assert_close(sampler.mean, own.mean(0))
+        draws = sampler.sample(500)
+        assert torch.equal(torch.cdist(draws, centres).argmin(1), torch.full((500,), (label - 1) % 3))
+
+
+def test_requested_class_scores_on_hand_made_probabilities():
+    sure = torch.tensor([[0.95, 0.05, 0.0], [0.05, 0.95, 0.0], [0.0, 0.05, 0.95]])
+    unsure = torch.tensor([[0.6, 0.4, 0.0]])
+    probabilities = torch.cat([sure, unsure, sure[[1]]])
+    requested = torch.tensor([0, 1, 2, 0, 0])  # right and sure, right and sure, right and sure, right but unsure, wrong
+    scores = metrics.requested_class_scores(probabilities, requested)
+    assert scores["hit"] == pytest.approx(3 / 5) and scores["assigned"] == pytest.approx(4 / 5)
+    assert scores["per_class_hit"] == pytest.approx([1 / 3, 1.0, 1.0])
+
+
+# A student's copy: the code a figure uses, train.py with models.py alone, and the README's snippet.
+
+def test_code_is_z_for_the_ae_and_the_posterior_mean_for_the_vae():
+    ae, vae, x = models.AE(), models.VAE(), images(3)
+    torch.testing.assert_close(ae.code(x), ae.encode(x))
+    torch.testing.assert_close(vae.code(x), vae.encode(x)[0])
+
+
+def test_train_py_needs_only_models_py_beside_it(data_dir, tmp_path):
+    for name in ("train.py", "models.py"):
+        shutil.copy(HERE / name, tmp_path / name)
+    result = subprocess.run([sys.executable, "train.py", "--data-dir", str(data_dir), "--epochs", "1", "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "results" / "ae.pt").exists() and (tmp_path / "results" / "vae.pt").exists()
+
+
+def test_the_readme_snippet_runs_as_written(trained_dir, data_dir, tmp_path):
+    snippet = re.search(r"<!-- snippet -->\n```python\n(.*?)```", (HERE / "README.md").read_text(), re.S).group(1)
+    (tmp_path / "results").mkdir()
+    shutil.copy(trained_dir / "vae.pt", tmp_path / "results" / "vae.pt")
+    shutil.copytree(data_dir, tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(HERE)})
+    assert result.returncode == 0, result.stderr
+    for name in ("vae_samples.png", "vae_reconstructions.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+# The spread over seeds (seeds.py).
+
+def test_seed_comparisons_count_only_where_every_seed_agrees():
+    per_seed = [{"a": 0.6, "b": 0.5, "c": 0.4}, {"a": 0.7, "b": 0.5, "c": 0.6}, {"a": 0.55, "b": 0.5, "c": 0.45}]
+    assert seeds.compare(per_seed, "a", "b", "higher")["verdict"] == "a better in every seed"
+    assert seeds.compare(per_seed, "a", "b", "lower")["verdict"] == "b better in every seed"
+    assert seeds.compare(per_seed, "b", "c", "higher")["verdict"] == "within seed-to-seed noise"
+    assert seeds.compare(per_seed, "a", "b", "higher")["differences"] == pytest.approx([0.1, 0.2, 0.05])
+
+
+def test_the_aggregate_spans_every_result_of_every_seed(trained_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(seeds, "SEEDS_DIR", tmp_path)
+    report = json.loads((trained_dir / "metrics.json").read_text())
+    for seed, loss in [(0, 100.0), (1, 104.0)]:
+        report["vae"]["test_loss"] = loss
+        (tmp_path / f"seed_{seed}.json").write_text(json.dumps(report))
+    aggregate = seeds.aggregate([0, 1])
+    assert aggregate["numbers"]["vae.test_loss"] == {"mean": 102.0, "std": pytest.approx(8 ** 0.5), "min": 100.0,
+                                                     "max": 104.0, "values": [100.0, 104.0]}
+    assert "samples.vae_mixture_z.frechet_distance" in aggregate["numbers"] and "on_demand.ae.per_class_hit.9" in aggregate["numbers"]
+    assert not any("seconds" in path or "config" in path for path in aggregate["numbers"])
+    for comparison in aggregate["comparisons"]:
+        means = [aggregate["numbers"][comparison[side]]["mean"] for side in ("a", "b")]
+        assert len(comparison["differences"]) == 2 and comparison["mean_difference"] == pytest.approx(means[0] - means[1])

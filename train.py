@@ -1,40 +1,49 @@
 """Train the AE and the VAE on MNIST (or Fashion-MNIST) with one training loop.
 
-    python train.py                          # AE then VAE, 30 epochs each
-    python train.py --model vae --epochs 10  # one model
+    python train.py --data-dir data                  # AE then VAE, 30 epochs each
+    python train.py --model vae --epochs 10          # one model
 
-Each model is saved to <out-dir>/<model>.pt: a dict with model_state, config (models.VAE(**config)
-rebuilds it), dataset and history (per-epoch train loss, test loss and seconds).
+It needs only models.py beside it (and torch, torchvision). Each model is saved to
+<out-dir>/<model>.pt: a dict with model_state, config (models.VAE(**config) rebuilds it), dataset
+and history (per-epoch train loss, test loss and seconds).
 
 Why it is fast: the whole split sits on the training device as one float tensor, and every step
 indexes a random batch out of it. There is no DataLoader, no per-image transform and no
 host-device copy in the loop, and the running loss stays on the device until the epoch ends, so
-the host never blocks on the device inside an epoch. benchmark.py measures this against the
-standard loop. The lesson is the first half of this file; the flag parsing and checks are below it
-and in cli.py.
+the host never waits for the device inside an epoch. benchmark.py measures this against the
+standard loop. The lesson is the first half of this file; flags and checks come after it.
 """
+import argparse
+import contextlib
 import math
+import platform
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+import torchvision
+from torchvision import datasets
 
-import cli
 import models
 
 MODELS = {"ae": models.AE, "vae": models.VAE}
+DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 
 
 def load_split(dataset, data_dir, train, device):
     """One split as (images, labels) on device; images are float (N, 1, 28, 28) in [0, 1]."""
-    split = cli.open_dataset(dataset, data_dir, train)
+    split = open_dataset(dataset, data_dir, train)
     images = split.data.to(device).unsqueeze(1).float().div_(255)
     return images, split.targets.to(device)
 
 
 def binarize_once(images, seed=0):
-    """A fixed 0/1 draw of each pixel, x ~ Bernoulli(intensity): the binarized test split."""
-    generator = torch.Generator(images.device).manual_seed(seed)
-    return torch.bernoulli(images, generator=generator)
+    """A fixed 0/1 draw of each pixel, x ~ Bernoulli(intensity): the binarized test split. Drawn on the
+    CPU with a fixed seed, so the split is the same whatever the training device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images.cpu(), generator=generator).to(images.device)
 
 
 def train_epoch(model, optimizer, images, batch_size, binarize=False):
@@ -45,7 +54,7 @@ def train_epoch(model, optimizer, images, batch_size, binarize=False):
         x = images[batch]
         if binarize:
             x = torch.bernoulli(x)  # dynamic binarization: fresh 0/1 pixels at every step
-        loss = model.loss(x)
+        loss = model.loss(x)  # the only line where the AE and the VAE differ
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -66,27 +75,27 @@ def fit(model, train_images, test_images, args, name):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     history = {"train_loss": [], "test_loss": [], "seconds": []}
     for epoch in range(1, args.epochs + 1):
-        with cli.on_interrupt(f"{name.upper()} epoch {epoch}/{args.epochs}, not saved; "
-                              f"files already in {args.out_dir}/ are untouched"):
+        with on_interrupt(f"{name.upper()} epoch {epoch}/{args.epochs}, not saved; "
+                          f"files already in {args.out_dir}/ are untouched"):
             start = time.perf_counter()
             train_loss = train_epoch(model, optimizer, train_images, args.batch_size, args.binarize).item()
             seconds = time.perf_counter() - start
             test_loss = evaluate_loss(model, test_images).item()
-            if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-                cli.fail(f"the {name} loss is not finite at epoch {epoch} (train {train_loss}, test {test_loss}); "
-                         f"stopped without writing a checkpoint (try a smaller --lr)")
-            print(f"{name:3s} epoch {epoch:3d}/{args.epochs}  train {train_loss:7.2f}  test {test_loss:7.2f}"
-                  f"  nats/image  {seconds:5.2f} s", flush=True)
-            history["train_loss"].append(train_loss)
-            history["test_loss"].append(test_loss)
-            history["seconds"].append(seconds)
+        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+            fail(f"the {name} loss is not finite at epoch {epoch} (train {train_loss}, test {test_loss}); "
+                 f"stopped without writing a checkpoint (try a smaller --lr)")
+        print(f"{name:3s} epoch {epoch:3d}/{args.epochs}  train {train_loss:7.2f}  test {test_loss:7.2f}"
+              f"  nats/image  {seconds:5.2f} s", flush=True)
+        history["train_loss"].append(train_loss)
+        history["test_loss"].append(test_loss)
+        history["seconds"].append(seconds)
     return history
 
 
 def train(args, names):
     """Train and save each named model ("ae", "vae") on the same data, device and seed."""
-    out_dir = cli.writable_dir(args.out_dir)
-    device = cli.resolve_device(args.device)
+    device = resolve_device(args.device)
+    out_dir = writable_dir(args.out_dir)
     train_images, _ = load_split(args.dataset, args.data_dir, True, device)
     test_images, _ = load_split(args.dataset, args.data_dir, False, device)
     if args.binarize:
@@ -98,35 +107,169 @@ def train(args, names):
         print(f"training the {args.arch} {name.upper()} on {device}: {args.dataset}"
               f"{' (binarized)' if args.binarize else ''}, {len(train_images)} train / {len(test_images)} test images")
         history = fit(model, train_images, test_images, args, name)
+        versions = {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": torchvision.__version__}
         save_checkpoint({"model": name, "config": model.config, "dataset": args.dataset, "binarize": args.binarize,
-                         "seed": args.seed, "device": str(device), "versions": cli.library_versions(),
+                         "seed": args.seed, "device": str(device), "versions": versions,
                          "history": history, "model_state": model.state_dict()}, out_dir / f"{name}.pt")
 
 
-# Plumbing: the checkpoint format and the command line.
+# Plumbing, shared with evaluate.py and main.py: devices, data files, safe writes, flags and one-line
+# failures. None of it is the lesson. Every expected failure stops with one line that says what to do,
+# before any work where that can be known, and no interrupted run leaves a half-written file.
 
 CHECKPOINT_KEYS = {"model", "config", "dataset", "binarize", "seed", "device", "versions", "history", "model_state"}
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def fail(message):
+    """Stop with one line on stderr and exit status 1."""
+    sys.exit(f"error: {message}")
+
+
+def last_line(error):
+    """The last non-empty line of an exception's message, or its type when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
+def resolve_device(name):
+    """'auto' is the accelerator (CUDA, MPS, ...) when there is one this torch build can run, else the CPU."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    try:
+        device = (accelerator or torch.device("cpu")) if name == "auto" else torch.device(name)
+    except (RuntimeError, ValueError):
+        fail(f"--device {name} is not a device torch knows; try auto, cpu, cuda, cuda:1 or mps")
+    if device.type == "cpu":
+        return device
+    if accelerator is None or accelerator.type != device.type or (device.index or 0) >= torch.accelerator.device_count():
+        fail(f"--device {name} is not available here (this machine has {accelerator or 'no accelerator'}); "
+             f"use --device auto or cpu")
+    index = device.index or 0
+    if device.type == "cuda" and not cuda_kernels_fit(index):
+        problem = (f"this torch build has no kernels for the {torch.cuda.get_device_name(index)} (compute capability "
+                   f"{'.'.join(map(str, torch.cuda.get_device_capability(index)))}; it has {' '.join(torch.cuda.get_arch_list())})")
+        if name != "auto":
+            fail(f"{problem}; use --device cpu, or install a torch build for this GPU")
+        print(f"using the CPU: {problem}")
+        return torch.device("cpu")
+    return device
+
+
+def cuda_kernels_fit(index):
+    """Whether this torch build can run on CUDA device index: it holds kernels compiled for the GPU's
+    major version at or below its minor version (sm_XY), or PTX (compute_XY) the driver can compile for it."""
+    capability = torch.cuda.get_device_capability(index)
+    for arch in torch.cuda.get_arch_list():
+        kind, _, number = arch.partition("_")
+        digits = "".join(filter(str.isdigit, number))
+        built_for = (int(digits[:-1]), int(digits[-1])) if len(digits) >= 2 else None
+        if built_for and ((kind == "sm" and built_for[0] == capability[0] and built_for <= capability)
+                          or (kind == "compute" and built_for <= capability)):
+            return True
+    return False
+
+
+def open_dataset(dataset, data_dir, train):
+    """torchvision's dataset for one split, from <data-dir>/<Name>/raw/, downloaded there when missing."""
+    raw_dir = Path(data_dir) / DATASETS[dataset].__name__ / "raw"
+    try:
+        return DATASETS[dataset](data_dir, train=train, download=True)
+    except (RuntimeError, OSError, ValueError) as error:
+        fail(f"cannot read or download {dataset} in {raw_dir}/ ({last_line(error)}); put the four original "
+             f"uncompressed IDX files there ({', '.join(IDX_FILES)}) or pass --data-dir")
+
+
+def writable_dir(path):
+    """Create the output folder if needed and prove a file can be written there, before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        fail(f"--out-dir {path} is a file, not a folder; pass another --out-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        fail(f"--out-dir {path} cannot be written ({error.strerror or last_line(error)}); pass another --out-dir")
+    return path
+
+
+def write_atomically(path, write):
+    """Call write(temporary path), then rename it over path: a failed or interrupted write leaves the old
+    file as it was and no partial file. The temporary name keeps the suffix that savers read the format from."""
+    path = Path(path)
+    temporary = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def save_checkpoint(checkpoint, path):
-    """Written atomically: an interrupted or failed save never leaves a broken file."""
-    with cli.on_interrupt(f"while saving {path}, which is as it was (checkpoints are written whole or not at all)"):
-        cli.write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+    with on_interrupt(f"while saving {path}, which is as it was (checkpoints are written whole or not at all)"):
+        write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
     print(f"saved {path}")
 
 
-def parse_args(argv=None):
-    parser = cli.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--model", default="both", choices=["ae", "vae", "both"], help="which model(s) to train")
-    cli.add_common_flags(parser)
-    cli.add_training_flags(parser)
-    return parser.parse_args(argv)
+@contextlib.contextmanager
+def on_interrupt(what):
+    """Say what was being done if Ctrl-C lands inside this block (run() prints it)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(what) from None
+
+
+def run(main):
+    """Run a script's main(): Ctrl-C stops it with one line and exit status 130, not a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        print(f"interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
+        sys.exit(130)
+
+
+def make_parser(description, training=True):
+    """The flags train.py, evaluate.py and main.py share; training=False leaves out the training ones."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/; downloaded there when missing")
+    parser.add_argument("--out-dir", default="results", help="checkpoints, figures and metrics.json")
+    parser.add_argument("--device", default="auto", help="auto picks the accelerator (CUDA, MPS, ...) if any; or cpu, cuda:1")
+    parser.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and sampling")
+    if training:
+        parser.add_argument("--epochs", type=int, default=30, help="epochs per model")
+        parser.add_argument("--batch-size", type=int, default=128, help="images per training step")
+        parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+        parser.add_argument("--latent-dim", type=int, default=20, help="size of z (at least 2: the figures plot z0 against z1)")
+        parser.add_argument("--beta", type=float, default=1.0, help="weight of the VAE's KL term")
+        parser.add_argument("--arch", default="mlp", choices=sorted(models.BODIES), help="encoder/decoder body of both models")
+        parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
+                            help="fashion-mnist reads <data-dir>/FashionMNIST/raw/")
+        parser.add_argument("--binarize", action="store_true",
+                            help="train on 0/1 pixels drawn afresh each step, test on a fixed draw: a true likelihood")
+    return parser
+
+
+LOWEST = {"epochs": 1, "batch_size": 1, "latent_dim": 2, "beta": 0, "iw_samples": 1, "rounds": 1}
+
+
+def parse_flags(parser, argv=None):
+    """parser.parse_args, then argparse's own usage-and-error (exit status 2) for values no run can use."""
+    args = parser.parse_args(argv)
+    for name, lowest in LOWEST.items():
+        if not getattr(args, name, lowest) >= lowest:  # "not >=" also refuses nan
+            parser.error(f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}")
+    if not getattr(args, "lr", 1) > 0:
+        parser.error(f"--lr must be greater than 0, got {args.lr}")
+    return args
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", default="both", choices=["ae", "vae", "both"], help="which model(s) to train")
+    args = parse_flags(parser, argv)
     train(args, ["ae", "vae"] if args.model == "both" else [args.model])
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run(main)

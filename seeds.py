@@ -1,0 +1,112 @@
+"""Five seeds of the default run, and the spread over seeds of every number the README compares.
+
+    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: about 20 minutes on a 2-core CPU
+    python seeds.py --aggregate-only                      # recompute aggregate.json from the kept files
+
+Each seed trains both models and evaluates them, as `python main.py --seed S` does, in a temporary
+folder, and its metrics.json is kept as results/seeds/seed_S.json (seed 0 is the run in results/).
+results/seeds/aggregate.json then holds, for every number in those files, its mean, standard deviation
+(n - 1), min and max over the seeds; and, for every comparison the README makes, the difference in each
+seed and a verdict: a model or sampler is better only where every seed agrees, else the difference is
+"within seed-to-seed noise".
+"""
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from main import main as run_main
+
+SEEDS_DIR = Path("results/seeds")
+SCORES = {"recognisable": "higher", "coverage": "higher", "frechet_distance": "lower"}
+SAMPLE_COMPARISONS = [  # (a, b): is a better than b?
+    ("vae_prior", "ae_prior"),
+    ("vae_prior", "ae_fitted"),
+    ("vae_fitted", "ae_fitted"),
+    ("vae_mixture", "ae_mixture"),
+    ("ae_mixture", "ae_fitted"),
+    ("vae_mixture", "vae_prior"),
+    ("vae_fitted", "vae_prior"),
+    ("vae_fitted_z", "vae_fitted"),
+    ("vae_mixture_z", "vae_mixture"),
+    ("vae_fitted_z", "ae_fitted"),
+    ("vae_mixture_z", "ae_mixture"),
+    ("vae_midpoints", "ae_midpoints"),
+    ("vae_reconstructions", "ae_reconstructions"),
+]
+OTHER_COMPARISONS = [  # (a, b, better)
+    ("on_demand.vae.hit", "on_demand.ae.hit", "higher"),
+    ("on_demand.vae.assigned", "on_demand.ae.assigned", "higher"),
+    ("on_demand.vae.frechet_distance", "on_demand.ae.frechet_distance", "lower"),
+    ("vae.test_reconstruction", "ae.test_loss", "lower"),
+]
+NOT_RESULTS = ("seconds", "epochs", "seed", "iw_samples", "config")  # settings and timings, not results
+
+
+def numbers(report, prefix=""):
+    """Every numeric result in a metrics.json, by dotted path (list items by index), timings and settings left out."""
+    found = {}
+    for key, value in report.items():
+        path = f"{prefix}{key}"
+        if any(word in key for word in NOT_RESULTS):
+            continue
+        if isinstance(value, dict):
+            found.update(numbers(value, path + "."))
+        elif isinstance(value, list):
+            found.update({f"{path}.{i}": item for i, item in enumerate(value)})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):  # not strings, not flags
+            found[path] = value
+    return found
+
+
+def spread(values):
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values), "min": min(values), "max": max(values),
+            "values": values}
+
+
+def compare(per_seed, a, b, better):
+    """a minus b in every seed, and which is better where every seed agrees."""
+    differences = [seed[a] - seed[b] for seed in per_seed]
+    if all(d > 0 for d in differences) or all(d < 0 for d in differences):
+        a_wins = (differences[0] > 0) == (better == "higher")
+        verdict = f"{a if a_wins else b} better in every seed"
+    else:
+        verdict = "within seed-to-seed noise"
+    return {"a": a, "b": b, "better": better, "differences": differences,
+            "mean_difference": statistics.mean(differences), "verdict": verdict}
+
+
+def aggregate(seeds):
+    reports = {seed: json.loads((SEEDS_DIR / f"seed_{seed}.json").read_text()) for seed in seeds}
+    per_seed = [numbers(report) for report in reports.values()]
+    comparisons = [compare(per_seed, f"samples.{a}.{score}", f"samples.{b}.{score}", better)
+                   for a, b in SAMPLE_COMPARISONS for score, better in SCORES.items()]
+    comparisons += [compare(per_seed, a, b, better) for a, b, better in OTHER_COMPARISONS]
+    return {"seeds": list(seeds), "std": "sample standard deviation (n - 1) over the seeds",
+            "rule": "better only where every seed agrees on the sign of the difference",
+            "numbers": {path: spread([seed[path] for seed in per_seed]) for path in per_seed[0]},
+            "comparisons": comparisons}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds")
+    parser.add_argument("--aggregate-only", action="store_true", help="only recompute aggregate.json")
+    args, main_flags = parser.parse_known_args(argv)
+    if len(args.seeds) < 2:
+        parser.error("--seeds needs at least two seeds for a spread")
+    SEEDS_DIR.mkdir(parents=True, exist_ok=True)
+    if not args.aggregate_only:
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as out_dir:
+                run_main([*main_flags, "--seed", str(seed), "--out-dir", out_dir])
+                (SEEDS_DIR / f"seed_{seed}.json").write_text((Path(out_dir) / "metrics.json").read_text())
+    result = aggregate(args.seeds)
+    (SEEDS_DIR / "aggregate.json").write_text(json.dumps(result, indent=2) + "\n")
+    for comparison in result["comparisons"]:
+        print(f"{comparison['a']:36s} - {comparison['b']:36s} {comparison['mean_difference']:+9.4f}  {comparison['verdict']}")
+
+
+if __name__ == "__main__":
+    main()
