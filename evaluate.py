@@ -62,8 +62,8 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
         with torch.enable_grad():
             classifier = metrics.train_classifier(train_images, train_labels)
         reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
-        train_codes = {name: codes(model, train_inputs) for name, model in pair.items()}
-        test_codes = {name: codes(model, test_inputs) for name, model in pair.items()}
+        train_codes = {name: codes_of(model, train_inputs) for name, model in pair.items()}
+        test_codes = {name: codes_of(model, test_inputs) for name, model in pair.items()}
         scores, shown, gaussians = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images)
         vae_likelihood = likelihood(pair["vae"], test_inputs, test_codes["vae"], iw_samples)
         sampled_codes = sampled_vae_codes(pair["vae"], train_inputs)
@@ -93,7 +93,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
 
 # The numbers.
 
-def codes(model, images, batch_size=1000):
+def codes_of(model, images, batch_size=1000):
     """model.code of every image, in batches."""
     return torch.cat([model.code(x) for x in images.split(batch_size)])
 
@@ -192,8 +192,8 @@ def code_spread(test_codes):
     """Where each model's test codes lie in (z0, z1): the share inside the 2 sigma circle of N(0, I)
     (which holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square."""
     spread = {}
-    for name, codes_ in test_codes.items():
-        z = codes_[:, :2]
+    for name, codes in test_codes.items():
+        z = codes[:, :2]
         spread[name] = {"inside_2_sigma_circle": (z.pow(2).sum(1) <= 4).float().mean().item(),
                         "inside_square_3": (z.abs() <= 3).all(1).float().mean().item()}
     return spread
@@ -298,8 +298,8 @@ def plot_latent_scatter(out_dir, test_codes, labels, class_names, gaussians):
     mixed order, so no class hides the others."""
     fig = Figure(figsize=(12, 5.6))
     axes = fig.subplots(1, 2)
-    for ax, (name, codes_) in zip(axes, test_codes.items()):
-        points = codes_[:, :2].cpu().numpy()
+    for ax, (name, codes) in zip(axes, test_codes.items()):
+        points = codes[:, :2].cpu().numpy()
         ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color=colormaps["tab10"](labels.cpu().numpy()))
         for radius in (1, 2):
             ax.add_patch(Circle((0, 0), radius, fill=False, linestyle="--", color="black"))

@@ -9,8 +9,8 @@ only in the bottleneck:
 The AE may put its codes anywhere, so a z drawn from N(0, I) mostly lands where its decoder
 has seen no code, and decodes to noise. The VAE pays a KL penalty for straying from the prior
 N(0, I), so its codes stay close to that prior, and a z ~ N(0, I) lands near codes its decoder
-was trained on. (The AE's decoder is not worse: draw z from a density fitted to its codes
-instead, and it samples as well; evaluate.py measures both.)
+was trained on. (Draw the AE's z from a density fitted to its codes instead, and it samples
+nearly as well; evaluate.py measures how nearly.)
 
 Images are tensors of shape (N, 1, 28, 28) with pixel intensities in [0, 1]. Each pixel is
 modelled as a Bernoulli variable, so the decoder outputs logits, and the reconstruction loss
