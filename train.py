@@ -113,9 +113,10 @@ def train(args, names):
                          "history": history, "model_state": model.state_dict()}, out_dir / f"{name}.pt")
 
 
-# Plumbing, shared with evaluate.py and main.py: devices, data files, safe writes, flags and one-line
-# failures. None of it is the lesson. Every expected failure stops with one line that says what to do,
-# before any work where that can be known, and no interrupted run leaves a half-written file.
+# Plumbing, shared with evaluate.py and main.py: devices, data files, safe writes, flags and failures.
+# None of it is the lesson. Every expected failure stops with a message that says what to do (one line,
+# or argparse's usage and error for a bad flag), before any work where that can be known, and no
+# interrupted run leaves a half-written file.
 
 CHECKPOINT_KEYS = {"model", "config", "dataset", "binarize", "seed", "device", "versions", "history", "model_state"}
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -141,10 +142,10 @@ def resolve_device(name):
         fail(f"--device {name} is not a device torch knows; try auto, cpu, cuda, cuda:1 or mps")
     if device.type == "cpu":
         return device
-    if accelerator is None or accelerator.type != device.type or (device.index or 0) >= torch.accelerator.device_count():
+    index = device.index or 0
+    if accelerator is None or accelerator.type != device.type or index >= torch.accelerator.device_count():
         fail(f"--device {name} is not available here (this machine has {accelerator or 'no accelerator'}); "
              f"use --device auto or cpu")
-    index = device.index or 0
     if device.type == "cuda" and not cuda_kernels_fit(index):
         problem = (f"this torch build has no kernels for the {torch.cuda.get_device_name(index)} (compute capability "
                    f"{'.'.join(map(str, torch.cuda.get_device_capability(index)))}; it has {' '.join(torch.cuda.get_arch_list())})")
