@@ -45,7 +45,7 @@ def main(argv=None):
     args = train.parse_flags(parser, argv)
 
     device = train.resolve_device(args.device)
-    images, _ = train.load_split("mnist", args.data_dir, True, device)
+    images, labels = train.load_split("mnist", args.data_dir, True, device)
     dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
     on_gpu = device.type == "cuda"
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
@@ -57,7 +57,7 @@ def main(argv=None):
         return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
     def tensor_epoch(model, optimizer):
-        return train.train_epoch(model, optimizer, images, args.batch_size).item()
+        return train.train_epoch(model, optimizer, images, labels, args.batch_size).item()
 
     loops = {
         "standard": (make(None), lambda model, optimizer: standard_epoch(model, optimizer, loader, device)),

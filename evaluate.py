@@ -1,112 +1,144 @@
-"""Figures and numbers that show why the VAE's latent space can be sampled and the AE's cannot, and
-what it takes to sample the AE's.
+"""The numbers, and the figures (drawn by figures.py), that show why the VAE's latent space can be
+sampled and the AE's cannot, and what it takes to sample the AE's.
 
-    python evaluate.py --data-dir data   # reads results/ae.pt and results/vae.pt, writes figures and metrics.json there
+    python evaluate.py --data-dir data   # reads results/ae.pt, results/vae.pt (and cvae.pt if there), writes there
 
 Both models decode or encode the same inputs, so every figure compares them directly. Each model's
 latents are drawn three ways: from the prior N(0, I), from a Gaussian fitted to its training codes,
 and from a 10-component Gaussian mixture fitted to them (priors.py). The VAE's densities are fitted
 twice: to its posterior means, and to one draw z ~ q(z|x) per training image, what its decoder saw
-in training. A Gaussian per class draws a chosen digit from either model. A digit classifier scores
-what the models decode (metrics.py), and importance sampling bounds the VAE's log-likelihood.
+in training. A Gaussian per class draws a chosen digit from either model; a conditional VAE, where
+one was trained, is asked for the digit by its label. A digit classifier scores what the models
+decode (metrics.py), and importance sampling bounds the VAE's log-likelihood.
 """
 import json
-import math
 import pickle
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Circle, Ellipse
-from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import make_grid, save_image
 
+import figures
 import metrics
+import models
 import priors
 import train
 
 SAMPLES = 10_000  # draws scored per sampler
 ON_DEMAND_DRAWS = 1000  # draws scored per class
-SAMPLERS = {"prior": "N(0, I)", "fitted": "fitted Gaussian", "mixture": "fitted mixture"}
-INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
-INTERPOLATION_STEPS = 10
 
 
 @torch.no_grad()
-def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50):
+def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None):
     """Write every figure and metrics.json into out_dir, in this order:
 
     1. a digit classifier, trained on the training split, that scores whatever the models decode;
     2. each model's codes of both splits (models.AE.code: z for the AE, the mean of q(z|x) for the VAE);
     3. decoded draws from each sampler, reconstructions and interpolation midpoints, scored;
-    4. the VAE's test ELBO, its importance-weighted bound L_k and its active units;
+    4. how well each model fits the test split: its reconstructions' squared error, the likelihood's
+       floor, and the VAE's ELBO, its importance-weighted bound L_k and its active units;
     5. the VAE's fitted Gaussian and mixture again, fitted to z ~ q(z|x) instead of its means;
     6. digits on demand: for each model, a Gaussian fitted to each class's codes, and its draws scored;
-    7. the figures, and last metrics.json.
+    7. where the test codes lie: inside the prior's 2 sigma circle, and along their principal directions;
+    8. with the conditional VAE (with_cvae; None: if cvae.pt is there), its likelihood and the digits
+       it draws when told the label, from N(0, I) and from a Gaussian fitted to its codes;
+    9. the figures, and last metrics.json.
     """
     start = time.perf_counter()
     device = train.resolve_device(device_name)
-    pair, checkpoints = load_pair(out_dir, device)
+    loaded, checkpoints = load_models(out_dir, device, with_cvae)
+    pair = {name: loaded[name] for name in ("ae", "vae")}
     out_dir = train.writable_dir(out_dir)
     dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
     train_images, train_labels = train.load_split(dataset, data_dir, True, device)
     test_images, test_labels = train.load_split(dataset, data_dir, False, device)
     train_inputs, test_inputs = [train.binarize_once(x) if binarize else x for x in (train_images, test_images)]
+    class_names = train.DATASETS[dataset].classes
     with train.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
         torch.manual_seed(seed)
+        # 1. The classifier, and the statistics of its features of the test split: the reference of every FD.
         with torch.enable_grad():
             classifier = metrics.train_classifier(train_images, train_labels)
         reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
-        train_codes = {name: codes_of(model, train_inputs) for name, model in pair.items()}
-        test_codes = {name: codes_of(model, test_inputs) for name, model in pair.items()}
+        accuracy = metrics.accuracy(classifier, test_images, test_labels)
+        # 2. The codes.
+        train_codes = {name: codes_of(model, train_inputs, train_labels) for name, model in pair.items()}
+        test_codes = {name: codes_of(model, test_inputs, test_labels) for name, model in pair.items()}
+        # 3. Samples, reconstructions and midpoints, scored.
         scores, shown, gaussians = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images)
-        vae_likelihood = likelihood(pair["vae"], test_inputs, test_codes["vae"], iw_samples)
-        sampled_codes = sampled_vae_codes(pair["vae"], train_inputs)
+        # 4. The fit to the test split.
+        fit = {name: reconstruction_fit(model, test_inputs, test_labels, test_codes[name]) for name, model in pair.items()}
+        fit["vae"].update(likelihood(pair["vae"], test_inputs, test_labels, test_codes["vae"], iw_samples))
+        decoder = decoder_report(pair["vae"], test_inputs)
+        pixel_entropy = models.BernoulliPixels().floor(test_inputs)
+        # 5. The VAE's densities refitted to z ~ q(z|x).
+        sampled_codes = sampled_vae_codes(pair["vae"], train_inputs, train_labels)
         scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference))
+        # 6. Digits on demand.
         on_demand, on_demand_shown = digits_on_demand(pair, {"ae": train_codes["ae"], "vae": sampled_codes},
                                                       train_labels, classifier, reference)
-
-        class_names = train.DATASETS[dataset].classes
-        plot_samples(out_dir, shown, scores)
-        plot_on_demand(out_dir, on_demand_shown, on_demand, class_names)
-        plot_interpolations(out_dir, pair, test_inputs, test_labels)
-        plot_latent_scatter(out_dir, test_codes, test_labels, class_names, gaussians)
-        plot_reconstructions(out_dir, pair, test_inputs)
-        plot_traversal(out_dir, pair["vae"], test_codes["vae"])
+        # 7. Where the codes lie.
+        principal = {name: metrics.principal_directions(codes) for name, codes in test_codes.items()}
+        spread = code_spread(test_codes, principal)
+        # 8. The conditional VAE.
+        if "cvae" in loaded:
+            cvae = loaded["cvae"]
+            cvae_test_codes = codes_of(cvae, test_inputs, test_labels)
+            fit["cvae"] = {**reconstruction_fit(cvae, test_inputs, test_labels, cvae_test_codes),
+                           **likelihood(cvae, test_inputs, test_labels, cvae_test_codes, iw_samples)}
+            cvae_codes = sampled_vae_codes(cvae, train_inputs, train_labels)
+            cvae_on_demand, cvae_shown = conditional_on_demand(cvae, cvae_codes, len(class_names), classifier, reference)
+            on_demand.update(cvae_on_demand)
+            on_demand_shown.update(cvae_shown)
+        # 9. The figures, and metrics.json.
+        figures.plot_samples(out_dir, shown, scores)
+        figures.plot_on_demand(out_dir, on_demand_shown, on_demand, class_names)
+        figures.plot_interpolations(out_dir, pair, test_inputs, test_labels)
+        figures.plot_latent_scatter(out_dir, test_codes, test_labels, class_names, gaussians)
+        figures.plot_latent_pca(out_dir, test_codes, principal, test_labels, class_names, spread)
+        figures.plot_reconstructions(out_dir, pair, test_inputs)
+        figures.plot_traversal(out_dir, pair["vae"], test_codes["vae"])
         if pair["vae"].latent_dim == 2:
-            plot_manifold(out_dir, pair, device)
-        plot_loss_curves(out_dir, checkpoints)
-        write_metrics(out_dir, checkpoints, {
-            "vae": vae_likelihood,
-            "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": metrics.pixel_entropy(test_inputs)},
-            "classifier": {"test_accuracy": metrics.accuracy(classifier, test_images, test_labels)},
+            figures.plot_manifold(out_dir, pair, device)
+        if "cvae" in loaded:
+            figures.plot_style(out_dir, loaded["cvae"], test_inputs, test_labels, class_names)
+        figures.plot_loss_curves(out_dir, checkpoints)
+        write_metrics(out_dir, loaded, checkpoints, fit, {
+            "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": pixel_entropy},
+            "decoder": decoder,
+            "classifier": {"test_accuracy": accuracy},
             "samples": scores,
             "on_demand": on_demand,
-            "latent_codes": code_spread(test_codes),
+            "latent_codes": spread,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "evaluate_seconds": time.perf_counter() - start})
 
 
-# The numbers.
+# The numbers. Labels go wherever images or codes go: the CVAE reads them, the AE and the VAE ignore them.
 
-def codes_of(model, images, batch_size=1000):
+def in_batches(batch_size, *tensors):
+    """The tensors' rows in batches, side by side; a None stays None in every batch."""
+    rows = len(next(tensor for tensor in tensors if tensor is not None))
+    for start in range(0, rows, batch_size):
+        yield [None if tensor is None else tensor[start:start + batch_size] for tensor in tensors]
+
+
+def codes_of(model, images, labels, batch_size=1000):
     """model.code of every image, in batches."""
-    return torch.cat([model.code(x) for x in images.split(batch_size)])
+    return torch.cat([model.code(x, y) for x, y in in_batches(batch_size, images, labels)])
 
 
-def sampled_vae_codes(vae, images, batch_size=1000):
+def sampled_vae_codes(vae, images, labels, batch_size=1000):
     """One z ~ q(z|x) per image: the codes the VAE's decoder was trained on, wider than the means."""
-    return torch.cat([vae.reparameterize(*vae.encode(x)) for x in images.split(batch_size)])
+    return torch.cat([vae.reparameterize(*vae.encode(x, y)) for x, y in in_batches(batch_size, images, labels)])
 
 
-def decode(model, z, batch_size=1000):
-    """Decode latents from any device on the model's device, in batches."""
+def decode(model, z, labels=None, batch_size=1000):
+    """Decode latents (and labels) from any device on the model's device, in batches."""
     device = next(model.parameters()).device
-    return torch.cat([model.decode(chunk.to(device)) for chunk in z.split(batch_size)])
+    return torch.cat([model.decode(chunk.to(device), None if y is None else y.to(device))
+                      for chunk, y in in_batches(batch_size, z, labels)])
 
 
 def fit_densities(train_codes, mixture_codes=10_000):
@@ -126,7 +158,7 @@ def draw_latents(train_codes, n):
 
 
 def interpolation_midpoints(model, codes, n):
-    """Decode the midpoints of n random pairs of codes."""
+    """Decode the midpoints of n random pairs of codes (random pairs: the figure's five are too few to score)."""
     first, second = torch.randint(len(codes), (2, n))
     return decode(model, (codes[first.to(codes.device)] + codes[second.to(codes.device)]) / 2)
 
@@ -157,14 +189,32 @@ def score_vae_fits_to_sampled_codes(vae, sampled_codes, classifier, reference):
             for sampler, density in [("fitted", gaussian), ("mixture", mixture)]}
 
 
-def likelihood(vae, test_inputs, test_means, iw_samples):
+def reconstruction_fit(model, test_inputs, test_labels, test_codes):
+    """The mean squared error per pixel of the test split's reconstructions (decoding the codes the figures
+    use), which compares across likelihoods as nats cannot; and the sigma a Gaussian likelihood learned."""
+    squared_errors = (decode(model, test_codes, test_labels) - test_inputs).pow(2)
+    fit = {"test_reconstruction_mse": squared_errors.mean().item()}
+    if getattr(model.likelihood, "learned", False):
+        fit["learned_sigma"] = model.likelihood.log_sigma.exp().item()
+    return fit
+
+
+def decoder_report(model, test_inputs):
+    """The likelihood both models share, and the lowest -log p(x|z) it allows on the test split, where there is one."""
+    report = {"name": model.config["decoder"], "sigma": model.config["sigma"]}
+    floor = model.likelihood.floor(test_inputs)
+    return report if floor is None else {**report, "test_reconstruction_floor": floor}
+
+
+def likelihood(vae, test_inputs, test_labels, test_means, iw_samples):
     """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units
-    (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016)."""
-    totals = sum(torch.stack(vae.loss_terms(x)) * len(x) for x in test_inputs.split(1000))
+    (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016).
+    For the CVAE, whose every term is told the label, L_k bounds log p(x | y)."""
+    totals = sum(torch.stack(vae.loss_terms(x, y)) * len(x) for x, y in in_batches(1000, test_inputs, test_labels))
     reconstruction, kl = (totals / len(test_inputs)).tolist()
+    bound = metrics.importance_weighted_bound(vae, test_inputs, iw_samples, labels=test_labels)
     return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,
-            "test_log_likelihood": metrics.importance_weighted_bound(vae, test_inputs, iw_samples).mean().item(),
-            "iw_samples": iw_samples, "active_units": metrics.active_units(test_means)}
+            "test_log_likelihood": bound.mean().item(), "iw_samples": iw_samples, "active_units": metrics.active_units(test_means)}
 
 
 def class_samplers(train_codes, train_labels):
@@ -172,207 +222,66 @@ def class_samplers(train_codes, train_labels):
     return [priors.Gaussian(train_codes[train_labels == label]) for label in range(int(train_labels.max()) + 1)]
 
 
+def score_requested(images, requested, classifier, reference):
+    """How often images drawn for the requested classes show them (metrics.requested_class_scores), their
+    Frechet distance to the test split, and 8 images per class to show; images come ON_DEMAND_DRAWS per class."""
+    probabilities, features = metrics.classify(classifier, images)
+    scores = {**metrics.requested_class_scores(probabilities, requested),
+              "frechet_distance": metrics.frechet_distance(*metrics.gaussian_statistics(features), *reference)}
+    return scores, images.view(-1, ON_DEMAND_DRAWS, *images.shape[1:])[:, :8]
+
+
 def digits_on_demand(pair, train_codes, train_labels, classifier, reference):
     """A chosen class from either model, without retraining: decode draws from a Gaussian fitted to the
-    codes of that class's training images. Per model: the requested-class scores of ON_DEMAND_DRAWS
-    draws per class, their Frechet distance to the test split, and 8 draws per class to show."""
+    codes of that class's training images, ON_DEMAND_DRAWS per class."""
     results, shown = {}, {}
     for name, model in pair.items():
         samplers = class_samplers(train_codes[name], train_labels)
         requested = torch.arange(len(samplers)).repeat_interleave(ON_DEMAND_DRAWS)
         images = decode(model, torch.cat([sampler.sample(ON_DEMAND_DRAWS) for sampler in samplers]))
-        probabilities, features = metrics.classify(classifier, images)
-        results[name] = {**metrics.requested_class_scores(probabilities, requested),
-                         "frechet_distance": metrics.frechet_distance(*metrics.gaussian_statistics(features), *reference)}
-        shown[name] = images.view(len(samplers), ON_DEMAND_DRAWS, *images.shape[1:])[:, :8]
+        results[name], shown[name] = score_requested(images, requested, classifier, reference)
     return results, shown
 
 
-def code_spread(test_codes):
-    """Where each model's test codes lie in (z0, z1): the share inside the 2 sigma circle of N(0, I)
-    (which holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square."""
+def conditional_on_demand(cvae, train_codes, classes, classifier, reference):
+    """A chosen class from the CVAE: decode z with the label asked for, z from N(0, I) ("cvae") or from one
+    Gaussian fitted to its training codes z ~ q(z|x, y) of every class ("cvae_fitted"; its z is meant to
+    carry style, not class), scored as digits_on_demand's."""
+    requested = torch.arange(classes).repeat_interleave(ON_DEMAND_DRAWS)
+    latents = {"cvae": torch.randn(len(requested), cvae.latent_dim),
+               "cvae_fitted": priors.Gaussian(train_codes).sample(len(requested))}
+    results, shown = {}, {}
+    for name, z in latents.items():
+        results[name], shown[name] = score_requested(decode(cvae, z, requested), requested, classifier, reference)
+    return results, shown
+
+
+def code_spread(test_codes, principal):
+    """Where each model's test codes lie: in (z0, z1), the share inside the 2 sigma circle of N(0, I) (which
+    holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square; in all d dimensions, the share of
+    their variance that their top two principal directions hold (principal: metrics.principal_directions)."""
     spread = {}
     for name, codes in test_codes.items():
         z = codes[:, :2]
         spread[name] = {"inside_2_sigma_circle": (z.pow(2).sum(1) <= 4).float().mean().item(),
-                        "inside_square_3": (z.abs() <= 3).all(1).float().mean().item()}
+                        "inside_square_3": (z.abs() <= 3).all(1).float().mean().item(),
+                        "top2_pca_variance_share": metrics.variance_share(principal[name][2])}
     return spread
-
-
-# The figures.
-
-def save_figure(fig, path):
-    train.write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
-
-
-def show_grids(path, grids, title, columns=None):
-    """Save image grids (from make_grid) in a table of panels, each under its own title."""
-    columns = columns or len(grids)
-    rows = math.ceil(len(grids) / columns)
-    height, width = next(iter(grids.values())).shape[1:]
-    inches_per_pixel = 0.5 / 30  # about half an inch per 28-pixel digit
-    fig = Figure(figsize=(columns * width * inches_per_pixel + 0.2, rows * (height * inches_per_pixel + 0.6) + 0.4),
-                 layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (name, grid) in zip(axes.flat, grids.items()):
-        ax.imshow(grid.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
-        ax.set_title(name)
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def save_grid(images, path, nrow):
-    train.write_atomically(path, lambda temporary: save_image(images, temporary, nrow=nrow))
-
-
-def save_per_model(out_dir, stem, images_by_model, nrow, title):
-    """Write <stem>_ae.png and <stem>_vae.png, and <stem>.png with the two side by side."""
-    grids = {}
-    for name, images in images_by_model.items():
-        save_grid(images, out_dir / f"{stem}_{name}.png", nrow)
-        grids[name.upper()] = make_grid(images, nrow=nrow, pad_value=1)
-    show_grids(out_dir / f"{stem}.png", grids, title)
-
-
-def plot_samples(out_dir, shown, scores):
-    """Rows AE and VAE, columns the three samplers: 64 decoded draws each, titled with their scores."""
-    grids = {}
-    for name in ("ae", "vae"):
-        save_grid(shown[f"{name}_prior"], out_dir / f"samples_{name}.png", nrow=8)
-        for sampler, label in SAMPLERS.items():
-            score = scores[f"{name}_{sampler}"]
-            title = (f"{name.upper()}, z ~ {label}\n{score['recognisable']:.0%} recognisable, "
-                     f"FD {score['frechet_distance']:.0f}")
-            grids[title] = make_grid(shown[f"{name}_{sampler}"], nrow=8, pad_value=1)
-    show_grids(out_dir / "samples.png", grids, "decoded draws: the prior and the Gaussian columns share their eps", columns=3)
-
-
-def plot_on_demand(out_dir, shown, results, class_names):
-    """One row per class, AE and VAE side by side: 8 draws from the class's Gaussian, titled with its hit share."""
-    grids = {f"{name.upper()}: {class_names[label]} ({results[name]['per_class_hit'][label]:.0%})":
-             make_grid(shown[name][label], nrow=8, pad_value=1)
-             for label in range(len(class_names)) for name in ("ae", "vae")}
-    show_grids(out_dir / "on_demand.png", grids, "a chosen class: draws from a Gaussian fitted to that class's codes\n"
-               "(in brackets: the share the classifier assigns to that class with p >= 0.9)", columns=2)
-
-
-def interpolate(model, start, end, steps):
-    """Decode evenly spaced points on the straight line between the codes of two images."""
-    ends = model.code(torch.stack([start, end]))
-    weights = torch.linspace(0, 1, steps, device=ends.device).unsqueeze(1)
-    return model.decode(ends[0] + weights * (ends[1] - ends[0]))
-
-
-def plot_interpolations(out_dir, pair, images, labels):
-    """One row per pair of test digits: the real start image, the walk, the real end image."""
-    ends = [(images[labels == a][0], images[labels == b][0]) for a, b in INTERPOLATION_PAIRS]
-    rows = {name: torch.cat([torch.cat([start[None], interpolate(model, start, end, INTERPOLATION_STEPS), end[None]])
-                             for start, end in ends])
-            for name, model in pair.items()}
-    save_per_model(out_dir, "interpolation", rows, nrow=INTERPOLATION_STEPS + 2,
-                   title="straight lines in latent space between test digits (real images at the ends)")
-    start, end = ends[0]
-    walk = interpolate(pair["vae"], start, end, 30)
-    frames = torch.stack([make_grid([start, image, end], nrow=3, pad_value=1) for image in torch.cat([walk, walk.flip(0)])])
-    frames = F.interpolate(frames, scale_factor=4)  # nearest neighbour: crisp, 4x larger pixels
-    pictures = [to_pil_image(frame) for frame in frames.cpu()]
-    train.write_atomically(out_dir / "interpolation_vae.gif", lambda temporary: pictures[0].save(
-        temporary, save_all=True, append_images=pictures[1:], duration=60, loop=0))
-
-
-def draw_sigma_ellipses(ax, gaussian):
-    """The 1 and 2 sigma ellipses of a fitted Gaussian's (z0, z1) marginal."""
-    mean, cov = gaussian.mean[:2].numpy(), gaussian.covariance[:2, :2]
-    values, vectors = torch.linalg.eigh(cov)  # ascending: the last axis is the long one
-    angle = math.degrees(math.atan2(vectors[1, 1], vectors[0, 1]))
-    for radius in (1, 2):
-        width, height = 2 * radius * values.flip(0).sqrt()
-        ax.add_patch(Ellipse(mean, float(width), float(height), angle=angle, fill=False, color="black"))
-
-
-def plot_latent_scatter(out_dir, test_codes, labels, class_names, gaussians):
-    """The test set's codes, z0 against z1, with the prior's 1 and 2 sigma circles (dashed) and those of
-    the Gaussian fitted to the model's training codes (solid). Points are drawn in the test set's own
-    mixed order, so no class hides the others."""
-    fig = Figure(figsize=(12, 5.6))
-    axes = fig.subplots(1, 2)
-    for ax, (name, codes) in zip(axes, test_codes.items()):
-        points = codes[:, :2].cpu().numpy()
-        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color=colormaps["tab10"](labels.cpu().numpy()))
-        for radius in (1, 2):
-            ax.add_patch(Circle((0, 0), radius, fill=False, linestyle="--", color="black"))
-        draw_sigma_ellipses(ax, gaussians[name])
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set_title(f"{name.upper()}: test codes" + (" (means)" if name == "vae" else ""))
-        ax.set_xlabel("z0")
-        ax.set_ylabel("z1")
-    legend = [Line2D([], [], marker="o", linestyle="", color=colormaps["tab10"](label), label=class_name)
-              for label, class_name in enumerate(class_names)]
-    axes[1].legend(handles=legend, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.suptitle("first two latent coordinates; dashed: 1 and 2 sigma of N(0, I); solid: of the fitted Gaussian")
-    save_figure(fig, out_dir / "latent_scatter.png")
-
-
-def plot_reconstructions(out_dir, pair, images):
-    originals = images[:16]
-    grids = {"test images": make_grid(originals, nrow=16, pad_value=1)}
-    for name, model in pair.items():
-        grids[name.upper()] = make_grid(model.decode(model.code(originals)), nrow=16, pad_value=1)
-    show_grids(out_dir / "reconstructions.png", grids, "reconstructions (VAE: decoding the mean)", columns=1)
-
-
-def plot_traversal(out_dir, vae, mu, steps=9):
-    """Sweep two latent dimensions of one test digit's VAE code over [-3, 3]; mu holds the test set's codes.
-
-    The swept dimensions are the two whose means vary most over the test set: the VAE leaves some
-    dimensions unused (their codes stay at the prior), and sweeping those would change nothing.
-    """
-    first, second = mu.var(0).topk(2).indices.tolist()
-    values = torch.linspace(-3, 3, steps, device=mu.device)
-    z = mu[0].repeat(steps * steps, 1)
-    z[:, first] = values.repeat(steps)
-    z[:, second] = values.repeat_interleave(steps)
-    show_grids(out_dir / "traversal_vae.png", {f"z{first} across, z{second} down": make_grid(vae.decode(z), nrow=steps, pad_value=1)},
-               "VAE: one test digit, its two most-used latent dims swept over [-3, 3]")
-
-
-def plot_manifold(out_dir, pair, device, steps=15):
-    """For 2-d latents: decode a grid over [-3, 3]^2, z1 decreasing down the rows."""
-    values = torch.linspace(-3, 3, steps, device=device)
-    z = torch.stack([values.repeat(steps), values.flip(0).repeat_interleave(steps)], dim=1)
-    images = {name: model.decode(z) for name, model in pair.items()}
-    save_per_model(out_dir, "manifold", images, nrow=steps, title="decodings of a grid over [-3, 3]^2 (z0 across, z1 up)")
-
-
-def plot_loss_curves(out_dir, checkpoints):
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    for color, (name, checkpoint) in zip(["C0", "C1"], checkpoints.items()):
-        history = checkpoint["history"]
-        epochs = range(1, len(history["train_loss"]) + 1)
-        ax.plot(epochs, history["train_loss"], color=color, label=f"{name.upper()} train")
-        ax.plot(epochs, history["test_loss"], "--", color=color, label=f"{name.upper()} test")
-    beta = checkpoints["vae"]["config"]["beta"]
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (nats per image)")
-    ax.set_title("AE: reconstruction BCE; VAE: " + ("BCE + KL (negative ELBO)" if beta == 1 else f"BCE + {beta:g} * KL"))
-    ax.legend()
-    save_figure(fig, out_dir / "loss_curves.png")
 
 
 # Plumbing: reading the checkpoints and writing metrics.json.
 
-def write_metrics(out_dir, checkpoints, results):
-    """Per model: final losses, timing and provenance from its checkpoint; then the measured results."""
+def write_metrics(out_dir, loaded, checkpoints, fit, results):
+    """Per model: final losses, timing and provenance from its checkpoint, its whole config, and how it fits
+    the test split; then the other results."""
     report = {}
     for name, checkpoint in checkpoints.items():
         history = checkpoint["history"]
         report[name] = {"test_loss": history["test_loss"][-1], "train_loss": history["train_loss"][-1],
                         "epochs": len(history["test_loss"]), "seconds_per_epoch": float(np.mean(history["seconds"])),
-                        **{key: checkpoint[key] for key in ("config", "dataset", "binarize", "device", "seed", "versions")}}
-    report["vae"].update(results.pop("vae"))
+                        "config": loaded[name].config,
+                        **{key: checkpoint[key] for key in ("dataset", "binarize", "device", "seed", "versions")},
+                        **fit[name]}
     report.update(results)
     train.write_atomically(out_dir / "metrics.json", lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
 
@@ -399,15 +308,24 @@ def load_model(out_dir, name, device):
     return model.eval(), checkpoint
 
 
-def load_pair(out_dir, device):
-    """Both models, which the figures feed the same z and images: they must match in latent size, arch and data."""
-    (ae, ae_checkpoint), (vae, vae_checkpoint) = load_model(out_dir, "ae", device), load_model(out_dir, "vae", device)
-    ae_setup, vae_setup = [(c["config"]["latent_dim"], c["config"]["arch"], c["dataset"], c["binarize"])
-                           for c in (ae_checkpoint, vae_checkpoint)]
-    if ae_setup != vae_setup:
-        train.fail(f"ae.pt (latent_dim, arch, dataset, binarize = {ae_setup}) and vae.pt ({vae_setup}) were trained "
-                   f"differently; train both with the same flags: python main.py")
-    return {"ae": ae, "vae": vae}, {"ae": ae_checkpoint, "vae": vae_checkpoint}
+def load_models(out_dir, device, with_cvae=None):
+    """The AE and the VAE, and the CVAE if with_cvae (None: if cvae.pt is there). The figures and scores feed
+    them the same images and z, so they must match in their data and in every setting but beta and classes."""
+    cvae = with_cvae if with_cvae is not None else (Path(out_dir) / "cvae.pt").exists()
+    loaded, checkpoints = {}, {}
+    for name in ["ae", "vae"] + (["cvae"] if cvae else []):
+        loaded[name], checkpoints[name] = load_model(out_dir, name, device)
+
+    def setup(name):
+        settings = {key: value for key, value in loaded[name].config.items() if key not in ("beta", "classes")}
+        return {**settings, "dataset": checkpoints[name]["dataset"], "binarize": checkpoints[name]["binarize"]}
+    for name in list(loaded)[1:]:
+        differences = [f"{key} {value!r} against {setup('ae')[key]!r}" for key, value in setup(name).items()
+                       if value != setup("ae")[key]]
+        if differences:
+            train.fail(f"{name}.pt and ae.pt were trained differently ({', '.join(differences)}); train them with "
+                       f"the same flags: python main.py{' --cvae' if name == 'cvae' else ''}")
+    return loaded, checkpoints
 
 
 def add_flags(parser):

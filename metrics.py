@@ -85,7 +85,7 @@ def coverage(probabilities):
     """Entropy of the predicted-class histogram divided by its maximum, log(classes)."""
     classes = probabilities.shape[1]
     shares = torch.bincount(probabilities.argmax(1), minlength=classes).cpu().double() / len(probabilities)
-    return (-torch.special.xlogy(shares, shares).sum() / math.log(classes)).item()
+    return ((0.0 - torch.special.xlogy(shares, shares).sum()) / math.log(classes)).item()  # 0.0 - : never -0.0
 
 
 def gaussian_statistics(features):
@@ -121,22 +121,26 @@ def sample_scores(classifier, images, reference):
 
 
 @torch.no_grad()
-def importance_weighted_bound(vae, images, samples=50, decodes_per_chunk=5000):
+def importance_weighted_bound(vae, images, samples=50, labels=None, decodes_per_chunk=5000):
     """L_k for each image, the importance-weighted lower bound on log p(x) (Burda et al., ICLR 2016):
 
         L_k = log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),   z_1..z_k ~ q(z | x)
 
     L_1 is the ELBO (with the KL estimated from the sample) and log p(x) >= L_k+1 >= L_k: more samples
-    give a tighter bound. One encoder pass per image; the sum is a logsumexp, in log space throughout.
+    give a tighter bound. p(x|z) is the model's own likelihood (vae.likelihood), so L_k is in its nats.
+    With labels (a conditional VAE) every term is conditioned on them, and L_k bounds log p(x | y).
+    One encoder pass per image; the sum is a logsumexp, in log space throughout.
     """
     vae.eval()
+    chunk = max(1, decodes_per_chunk // samples)
     bounds = []
-    for x in images.split(max(1, decodes_per_chunk // samples)):
-        mu, logvar = vae.encode(x)
+    for x, y in zip(images.split(chunk), labels.split(chunk) if labels is not None else [None] * len(images)):
+        mu, logvar = vae.encode(x, y)
         eps = torch.randn(samples, *mu.shape, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # (k, n, d)
-        logits = vae.decode_logits(z.flatten(0, 1)).view(samples, len(x), -1)
-        log_likelihood = -F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand_as(logits), reduction="none").sum(2)
+        labels_of_z = None if y is None else y.repeat(samples)  # z.flatten(0, 1) holds the k draws one after another
+        logits = vae.decode_logits(z.flatten(0, 1), labels_of_z).view(samples, len(x), -1)
+        log_likelihood = vae.likelihood.log_prob(logits, x.flatten(1).expand_as(logits)).sum(2)
         log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(2)
         log_posterior = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(2)
         bounds.append(torch.logsumexp(log_likelihood + log_prior - log_posterior, dim=0) - math.log(samples))
@@ -149,8 +153,14 @@ def active_units(means, threshold=0.01):
     return int((means.var(0) > threshold).sum())
 
 
-def pixel_entropy(images):
-    """The BCE of a perfect reconstruction, nats per image: sum over pixels of -[x log x + (1 - x) log(1 - x)].
-    0 for binary pixels; on grey pixels no model can reconstruct below it."""
-    x = images.flatten(1).cpu().double()  # float64 on the host: MPS has none
-    return (-torch.special.xlogy(x, x) - torch.special.xlogy(1 - x, 1 - x)).sum(1).mean().item()
+def principal_directions(codes):
+    """Principal component analysis of codes (N, d), on the host in float64: (mean, directions, variances),
+    the directions as the columns of a d x d orthogonal matrix, by decreasing variance of the codes along them."""
+    codes = codes.detach().cpu().double()
+    variances, directions = torch.linalg.eigh(torch.cov(codes.T))  # ascending
+    return codes.mean(0), directions.flip(1), variances.flip(0).clamp_min(0)
+
+
+def variance_share(variances, k=2):
+    """The share of the codes' total variance that their top k principal directions hold."""
+    return (variances[:k].sum() / variances.sum()).item()

@@ -104,5 +104,6 @@ def spread_out_means(x, k, generator):
     means = x[torch.randint(len(x), (1,), generator=generator)]
     for _ in range(k - 1):
         distance = torch.cdist(x, means).min(dim=1).values.pow(2)
-        means = torch.cat([means, x[torch.multinomial(distance, 1, generator=generator)]])
+        weights = distance if distance.sum() > 0 else torch.ones_like(distance)  # all codes equal: any will do
+        means = torch.cat([means, x[torch.multinomial(weights, 1, generator=generator)]])
     return means

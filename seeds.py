@@ -1,10 +1,11 @@
 """Five seeds of the default run, and the spread over seeds of every number the README compares.
 
-    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: about 20 minutes on a 2-core CPU
+    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: about 13 minutes on a 2-core CPU
+    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 19 minutes
     python seeds.py --aggregate-only                      # recompute aggregate.json from the kept files
 
-Each seed trains both models and evaluates them, as `python main.py --seed S` does, in a temporary
-folder, and its metrics.json is kept as results/seeds/seed_S.json (seed 0 is the run in results/).
+Each seed trains the models and evaluates them, as `python main.py --seed S` does (any other flag is
+passed on to it), in a temporary folder, and its metrics.json is kept as results/seeds/seed_S.json (seed 0 is the run in results/).
 results/seeds/aggregate.json then holds, for every number in those files, its mean, standard deviation
 (n - 1), min and max over the seeds; and, for every comparison the README makes, the difference in each
 seed and a verdict: a model or sampler is better only where every seed agrees, else the difference is
@@ -40,6 +41,12 @@ OTHER_COMPARISONS = [  # (a, b, better)
     ("on_demand.vae.assigned", "on_demand.ae.assigned", "higher"),
     ("on_demand.vae.frechet_distance", "on_demand.ae.frechet_distance", "lower"),
     ("vae.test_reconstruction", "ae.test_loss", "lower"),
+    ("vae.test_reconstruction_mse", "ae.test_reconstruction_mse", "lower"),
+]
+CVAE_COMPARISONS = [  # on demand: the label given to the CVAE against a Gaussian per class, and its two samplers
+    (f"on_demand.{a}.{score}", f"on_demand.{b}.{score}", better)
+    for a, b in [("cvae", "ae"), ("cvae", "vae"), ("cvae_fitted", "ae"), ("cvae_fitted", "vae"), ("cvae_fitted", "cvae")]
+    for score, better in [("hit", "higher"), ("assigned", "higher"), ("frechet_distance", "lower")]
 ]
 NOT_RESULTS = ("seconds", "epochs", "seed", "iw_samples", "config")  # settings and timings, not results
 
@@ -82,7 +89,8 @@ def aggregate(seeds):
     per_seed = [numbers(report) for report in reports.values()]
     comparisons = [compare(per_seed, f"samples.{a}.{score}", f"samples.{b}.{score}", better)
                    for a, b in SAMPLE_COMPARISONS for score, better in SCORES.items()]
-    comparisons += [compare(per_seed, a, b, better) for a, b, better in OTHER_COMPARISONS]
+    others = OTHER_COMPARISONS + (CVAE_COMPARISONS if all("on_demand.cvae.hit" in seed for seed in per_seed) else [])
+    comparisons += [compare(per_seed, a, b, better) for a, b, better in others]
     return {"seeds": list(seeds), "std": "sample standard deviation (n - 1) over the seeds",
             "rule": "better only where every seed agrees on the sign of the difference",
             "numbers": {path: spread([seed[path] for seed in per_seed]) for path in per_seed[0]},

@@ -4,6 +4,8 @@ tiny MNIST-format dataset is written as IDX files into a temporary directory.
 
     python -m pytest
 """
+import argparse
+import inspect
 import json
 import math
 import os
@@ -18,12 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Bernoulli, Normal, kl_divergence
+from matplotlib.backend_bases import MouseEvent
+from matplotlib.figure import Figure
+from torch.distributions import Bernoulli, ContinuousBernoulli, Normal, kl_divergence
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torchvision import datasets
 
 import evaluate
+import figures
 import main
 import metrics
 import models
@@ -108,14 +113,84 @@ def test_kl_is_zero_only_at_the_prior():
 def test_reconstruction_loss_is_the_bernoulli_negative_log_likelihood():
     logits, x = 5 * torch.randn(8, *models.IMAGE_SHAPE), images()
     expected = -Bernoulli(logits=logits, validate_args=False).log_prob(x).sum() / len(x)
-    torch.testing.assert_close(models.reconstruction_loss(logits, x), expected)
+    torch.testing.assert_close(models.BernoulliPixels().reconstruction_loss(logits, x), expected)
 
 
 def test_reconstruction_loss_is_finite_for_saturated_logits():
     logits = torch.full((2, *models.IMAGE_SHAPE), 200.0)
     logits[:, :, ::2] = -200.0  # half the pixels confidently wrong: each costs 200 nats, not inf
     x = torch.ones(2, *models.IMAGE_SHAPE)
-    torch.testing.assert_close(models.reconstruction_loss(logits, x), torch.tensor(392 * 200.0))
+    torch.testing.assert_close(models.BernoulliPixels().reconstruction_loss(logits, x), torch.tensor(392 * 200.0))
+
+
+# The likelihoods p(x|z): each against torch.distributions.
+
+def test_each_likelihood_is_its_torch_distribution_per_pixel():
+    logits, x = 4 * torch.randn(8, *models.IMAGE_SHAPE, dtype=torch.float64), images().double()
+    mean = torch.sigmoid(logits)
+    expected = {"bernoulli": Bernoulli(logits=logits, validate_args=False),
+                "continuous-bernoulli": ContinuousBernoulli(logits=logits),
+                "gaussian": Normal(mean, 0.3)}
+    for decoder, distribution in expected.items():
+        likelihood = models.make_likelihood(decoder, 0.3 if decoder == "gaussian" else None).double()
+        torch.testing.assert_close(likelihood.log_prob(logits, x), distribution.log_prob(x), msg=decoder)
+        torch.testing.assert_close(likelihood.mean(logits), distribution.mean if decoder != "bernoulli" else mean, msg=decoder)
+        assert likelihood.reconstruction_loss(logits, x).item() == pytest.approx(-distribution.log_prob(x).sum().item() / 8)
+
+
+def test_the_continuous_bernoulli_is_exact_where_torch_clamps_and_smooth_at_one_half():
+    likelihood, x = models.ContinuousBernoulliPixels(), torch.tensor([0.3, 0.3, 0.0, 1.0], dtype=torch.float64)
+    logits = torch.tensor([60.0, -60.0, -60.0, 60.0], dtype=torch.float64)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    torch.testing.assert_close(likelihood.log_prob(logits, x), -bce + math.log(60))  # C = logit / tanh(logit / 2) = 60
+    torch.testing.assert_close(likelihood.mean(logits), torch.tensor([59 / 60, 1 / 60, 1 / 60, 59 / 60], dtype=torch.float64))
+    near_half = torch.linspace(-0.3, 0.3, 601, dtype=torch.float64, requires_grad=True)
+    reference = ContinuousBernoulli(logits=near_half.detach())
+    torch.testing.assert_close(likelihood.log_prob(near_half, torch.full_like(near_half, 0.7)),
+                               reference.log_prob(torch.full_like(near_half, 0.7)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(likelihood.mean(near_half), reference.mean, rtol=0, atol=1e-6)
+    likelihood.log_prob(near_half, torch.full_like(near_half, 0.7)).sum().backward()
+    assert torch.isfinite(near_half.grad).all()
+
+
+def test_mse_loss_summed_is_the_gaussian_at_sigma_squared_one_half():
+    logits, x = torch.randn(8, *models.IMAGE_SHAPE), images()
+    gaussian = models.GaussianPixels(math.sqrt(0.5))
+    expected = torch.nn.functional.mse_loss(torch.sigmoid(logits), x, reduction="sum") / len(x)
+    torch.testing.assert_close(gaussian.reconstruction_loss(logits, x) - models.IMAGE_PIXELS / 2 * math.log(math.pi), expected)
+
+
+def test_a_learned_sigma_gets_gradients_and_is_optimal_at_the_mean_squared_error():
+    logits, x = torch.randn(8, *models.IMAGE_SHAPE), images()
+    ae = models.AE(decoder="gaussian", sigma="learned")
+    ae.loss(x).backward()
+    assert ae.likelihood.log_sigma.grad is not None and ae.likelihood.log_sigma.grad != 0
+    gaussian = models.GaussianPixels("learned")
+    with torch.no_grad():
+        gaussian.log_sigma.fill_(0.5 * math.log((torch.sigmoid(logits) - x).pow(2).mean().item()))
+    gaussian.reconstruction_loss(logits, x).backward()
+    assert gaussian.log_sigma.grad.abs().item() < 1e-2  # of about 784 at sigma = 1
+
+
+def test_floors_and_decoded_images_follow_the_likelihood():
+    x = images(4)
+    assert models.GaussianPixels(0.5).floor(x) == pytest.approx(784 * 0.5 * math.log(2 * math.pi * 0.25))
+    assert models.GaussianPixels("learned").floor(x) is None and models.ContinuousBernoulliPixels().floor(x) is None
+    z = torch.randn(3, 20)
+    for decoder, sigma in [("bernoulli", None), ("continuous-bernoulli", None), ("gaussian", 0.71)]:
+        ae = models.AE(decoder=decoder, sigma=sigma)
+        torch.testing.assert_close(ae.decode(z), ae.likelihood.mean(ae.decode_logits(z)))
+
+
+@pytest.mark.parametrize("decoder, sigma, message", [
+    ("gaussian", None, "sigma must be a positive number or 'learned'"),
+    ("gaussian", 0, "sigma must be a positive number"),
+    ("bernoulli", 0.5, "sigma belongs to the gaussian decoder"),
+    ("poisson", None, "unknown decoder"),
+])
+def test_a_likelihood_that_cannot_be_built_is_refused(decoder, sigma, message):
+    with pytest.raises(ValueError, match=message):
+        models.AE(decoder=decoder, sigma=sigma)
 
 
 def test_vae_loss_is_reconstruction_plus_beta_kl():
@@ -126,7 +201,7 @@ def test_vae_loss_is_reconstruction_plus_beta_kl():
     torch.manual_seed(1)
     mu, logvar = vae.encode(x)
     logits = vae.decode_logits(vae.reparameterize(mu, logvar))
-    reconstruction, kl = models.reconstruction_loss(logits, x), models.kl_divergence(mu, logvar).mean()
+    reconstruction, kl = vae.likelihood.reconstruction_loss(logits, x), models.kl_divergence(mu, logvar).mean()
     torch.testing.assert_close(loss, reconstruction + 4.0 * kl)
     torch.manual_seed(1)
     torch.testing.assert_close(vae.loss_terms(x), (reconstruction, kl))
@@ -162,15 +237,16 @@ def test_recognisable_and_coverage_on_hand_made_probabilities():
     probabilities = torch.cat([sure * 0.95 + 0.05 / 4, unsure])
     assert metrics.recognisable(probabilities) == 0.5
     assert metrics.coverage(sure) == pytest.approx(1.0)
-    assert metrics.coverage(torch.eye(4)[[2, 2, 2, 2]]) == pytest.approx(0.0)
+    assert str(metrics.coverage(torch.eye(4)[[2, 2, 2, 2]])) == "0.0"  # one class only, and not -0.0
     assert metrics.coverage(torch.eye(4)[[0, 0, 1, 1]]) == pytest.approx(0.5)  # 2 of 4 classes, equally: log 2 / log 4
 
 
 def test_pixel_entropy_is_the_bce_floor():
-    assert metrics.pixel_entropy(images(4).round()) == 0
-    assert metrics.pixel_entropy(torch.full((3, 1, 28, 28), 0.5)) == pytest.approx(784 * math.log(2))
+    bernoulli = models.BernoulliPixels()
+    assert bernoulli.floor(images(4).round()) == 0
+    assert bernoulli.floor(torch.full((3, 1, 28, 28), 0.5)) == pytest.approx(784 * math.log(2))
     x = images(4).clamp(0.01, 0.99)
-    assert metrics.pixel_entropy(x) == pytest.approx(models.reconstruction_loss(torch.logit(x), x).item(), rel=1e-5)
+    assert bernoulli.floor(x) == pytest.approx(bernoulli.reconstruction_loss(torch.logit(x), x).item(), rel=1e-5)
 
 
 def test_the_fitted_gaussian_reproduces_the_codes_mean_and_covariance():
@@ -206,6 +282,14 @@ def test_em_is_deterministic_for_a_seed():
     codes = torch.randn(500, 4)
     first, again = priors.GaussianMixture(codes, components=3), priors.GaussianMixture(codes, components=3)
     assert torch.equal(first.means, again.means) and first.iterations == again.iterations
+
+
+def test_densities_fit_codes_collapsed_onto_one_point():
+    codes = torch.full((300, 4), 0.25)  # a VAE whose codes all sit at the prior's mean, whatever the input
+    for density in (priors.Gaussian(codes), priors.GaussianMixture(codes, components=3)):
+        draws = density.sample(1000)
+        assert torch.isfinite(draws).all()
+        torch.testing.assert_close(draws.mean(0), codes[0], atol=0.01, rtol=0)
 
 
 # The likelihood: the importance-weighted bound L_k and active units.
@@ -264,6 +348,29 @@ def test_lk_is_above_the_elbo_on_average():
     assert metrics.importance_weighted_bound(vae, x, 50).mean() > elbo
 
 
+def test_lk_of_a_gaussian_decoder_and_a_conditional_vae_is_the_direct_computation():
+    torch.manual_seed(0)
+    x, y, samples = images(3), torch.tensor([1, 4, 7]), 6
+    for vae, labels in [(models.VAE(latent_dim=4, decoder="gaussian", sigma=0.3), None), (models.CVAE(latent_dim=4), y)]:
+        torch.manual_seed(1)
+        bound = metrics.importance_weighted_bound(vae, x, samples, labels=labels)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            mu, logvar = vae.encode(x, labels)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(samples, *mu.shape)
+            terms = []
+            for z_i in z:  # one importance sample of every image at a time
+                logits = vae.decode_logits(z_i, labels)
+                if labels is None:
+                    log_likelihood = Normal(torch.sigmoid(logits), 0.3).log_prob(x).flatten(1).sum(1)
+                else:
+                    log_likelihood = Bernoulli(logits=logits, validate_args=False).log_prob(x).flatten(1).sum(1)
+                prior = Normal(torch.zeros(4), torch.ones(4)).log_prob(z_i).sum(1)
+                posterior = Normal(mu, torch.exp(0.5 * logvar)).log_prob(z_i).sum(1)
+                terms.append(log_likelihood + prior - posterior)
+        torch.testing.assert_close(bound, torch.logsumexp(torch.stack(terms), 0) - math.log(samples), rtol=1e-5, atol=1e-3)
+
+
 def test_active_units_count_the_dimensions_whose_means_vary():
     torch.manual_seed(0)
     means = torch.randn(1000, 5) * torch.tensor([1.0, 0.5, 0.2, 0.05, 0.001])
@@ -275,7 +382,7 @@ def test_active_units_count_the_dimensions_whose_means_vary():
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 @pytest.mark.parametrize("latent_dim", [2, 20])
 def test_interface_shapes_and_ranges(latent_dim, arch):
-    ae, vae, x = models.AE(latent_dim, arch), models.VAE(latent_dim, arch), images(5)
+    ae, vae, x = models.AE(latent_dim=latent_dim, arch=arch), models.VAE(latent_dim=latent_dim, arch=arch), images(5)
     assert ae.encode(x).shape == (5, latent_dim)
     mu, logvar = vae.encode(x)
     assert mu.shape == logvar.shape == (5, latent_dim)
@@ -285,11 +392,59 @@ def test_interface_shapes_and_ranges(latent_dim, arch):
         assert output.min() >= 0 and output.max() <= 1
 
 
-def test_config_rebuilds_the_model():
-    vae = models.VAE(latent_dim=7, beta=0.5)
-    rebuilt = models.VAE(**vae.config)
-    rebuilt.load_state_dict(vae.state_dict())
-    assert (rebuilt.latent_dim, rebuilt.beta) == (7, 0.5)
+def constructor_arguments(model_class):
+    """Every keyword a model class takes, its own and those it passes on to the class it extends."""
+    names = set()
+    for cls in model_class.__mro__[:model_class.__mro__.index(models.AE) + 1]:
+        names |= {name for name, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    return names
+
+
+@pytest.mark.parametrize("model_class", [models.AE, models.VAE, models.CVAE])
+def test_the_config_holds_every_argument_and_rebuilds_the_model(model_class):
+    arguments = dict(latent_dim=7, mlp_hidden_dim=24, decoder="gaussian", sigma="learned")
+    arguments.update({"beta": 0.5} if model_class is not models.AE else {})
+    arguments.update({"classes": 3} if model_class is models.CVAE else {})
+    model = model_class(**arguments)
+    assert set(model.config) == constructor_arguments(model_class)
+    assert model.config == {**model_class().config, **arguments}
+    with torch.no_grad():
+        model.likelihood.log_sigma.fill_(-1.5)
+    rebuilt = model_class(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.encoder[1].out_features == 24 and rebuilt.likelihood.log_sigma.item() == -1.5
+    conv = model_class(arch="conv", conv_channels=4, conv_hidden_dim=12)
+    rebuilt = model_class(**conv.config)
+    rebuilt.load_state_dict(conv.state_dict())
+    assert rebuilt.encoder[0].out_channels == 4 and rebuilt.decoder[0].out_features == 12
+
+
+def test_model_arguments_are_keywords_only():
+    with pytest.raises(TypeError):
+        models.VAE(20)  # would otherwise have been taken as beta
+
+
+def test_the_flags_defaults_are_the_models_defaults():
+    args = train.parse_flags(train.make_parser("test"), [])
+    for name, default in train.MODEL_DEFAULTS.items():
+        assert getattr(args, name, default) == default, name
+    assert train.build_model("cvae", args, 10).config == models.CVAE().config
+    wide = train.parse_flags(train.make_parser("test"), ["--mlp-hidden-dim", "64", "--decoder", "gaussian"])
+    assert train.build_model("vae", wide, 10).config == {**models.VAE().config, "mlp_hidden_dim": 64,
+                                                          "decoder": "gaussian", "sigma": "learned"}
+
+
+def test_a_checkpoint_written_before_the_config_held_every_argument_still_loads(trained_dir, tmp_path):
+    for name in ("ae", "vae"):
+        checkpoint = torch.load(trained_dir / f"{name}.pt", weights_only=True)
+        checkpoint["config"] = {"latent_dim": 20, "arch": "mlp", **({"beta": 1.0} if name == "vae" else {})}
+        torch.save(checkpoint, tmp_path / f"{name}.pt")
+    loaded, _ = evaluate.load_models(tmp_path, torch.device("cpu"))
+    fresh, _ = evaluate.load_models(trained_dir, torch.device("cpu"))
+    for name in ("ae", "vae"):
+        assert loaded[name].config == fresh[name].config
+        z = torch.randn(2, 20)
+        torch.testing.assert_close(loaded[name].decode(z), fresh[name].decode(z))
 
 
 def test_unknown_arch_is_refused():
@@ -341,16 +496,16 @@ def test_train_epoch_returns_the_mean_loss_per_image():
     torch.manual_seed(0)
     model, x = models.AE(), images(10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    torch.testing.assert_close(train.train_epoch(model, optimizer, x, 4), model.loss(x))
+    torch.testing.assert_close(train.train_epoch(model, optimizer, x, torch.zeros(10, dtype=torch.long), 4), model.loss(x))
 
 
 def test_binarize_feeds_only_fresh_binary_pixels_to_the_loss(monkeypatch):
     seen = []
     model, x = models.AE(), images(16)
-    monkeypatch.setattr(models.AE, "loss", lambda self, batch: seen.append(batch) or self.decode_logits(self.encode(batch)).mean())
+    monkeypatch.setattr(models.AE, "loss", lambda self, batch, y: seen.append(batch) or self.decode_logits(self.encode(batch)).mean())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     for _ in range(2):
-        train.train_epoch(model, optimizer, x, 16, binarize=True)
+        train.train_epoch(model, optimizer, x, torch.zeros(16, dtype=torch.long), 16, binarize=True)
     assert all(set(batch.unique().tolist()) <= {0.0, 1.0} for batch in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # a fresh draw each step (same images, other pixels)
     torch.testing.assert_close(torch.stack(seen).mean(0).mean(), x.mean(), atol=0.02, rtol=0)
@@ -396,7 +551,7 @@ def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
 
 def test_a_diverging_loss_stops_without_writing_a_checkpoint(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(models.AE, "loss", lambda self, x: self.decode_logits(self.encode(x)).mean() * float("nan"))
+    monkeypatch.setattr(models.AE, "loss", lambda self, x, y: self.decode_logits(self.encode(x)).mean() * float("nan"))
     with pytest.raises(SystemExit, match=r"ae loss is not finite at epoch 1 \(train nan"):
         train.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--model", "ae", "--device", "cpu"])
     assert not list(tmp_path.iterdir())
@@ -423,14 +578,20 @@ def test_metrics_json_has_its_keys(trained_dir, data_dir):
     assert vae["test_negative_elbo"] == pytest.approx(vae["test_reconstruction"] + vae["test_kl"])
     assert vae["iw_samples"] == 50 and 0 <= vae["active_units"] <= 20
     assert -vae["test_log_likelihood"] < vae["test_negative_elbo"]  # L_50 is the tighter bound
-    assert report["data"] == {"dataset": "mnist", "binarized": False, "test_pixel_entropy": pytest.approx(
-        metrics.pixel_entropy(train.load_split("mnist", data_dir, False, "cpu")[0]))}
+    pixel_entropy = models.BernoulliPixels().floor(train.load_split("mnist", data_dir, False, "cpu")[0])
+    assert report["data"] == {"dataset": "mnist", "binarized": False, "test_pixel_entropy": pytest.approx(pixel_entropy)}
+    assert report["decoder"] == {"name": "bernoulli", "sigma": None, "test_reconstruction_floor": pytest.approx(pixel_entropy)}
+    for name in ("ae", "vae"):
+        assert 0 < report[name]["test_reconstruction_mse"] < 1 and "learned_sigma" not in report[name]
+        assert report[name]["config"] == {**models.AE().config, **({"beta": 1.0} if name == "vae" else {})}
+    assert "cvae" not in report and report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert 0 <= report["classifier"]["test_accuracy"] <= 1
     assert set(report["samples"]) == SAMPLE_NAMES
     for name, score in report["samples"].items():
         assert set(score) == {"recognisable", "coverage", "frechet_distance"}, name
         assert 0 <= score["recognisable"] <= 1 and 0 <= score["coverage"] <= 1 + 1e-9 and score["frechet_distance"] >= -1e-6
     assert set(report["latent_codes"]) == {"ae", "vae"}
+    assert all(0 < report["latent_codes"][name]["top2_pca_variance_share"] <= 1 for name in ("ae", "vae"))
     for name in ("ae", "vae"):
         on_demand = report["on_demand"][name]
         assert set(on_demand) == {"hit", "assigned", "per_class_hit", "frechet_distance"}
@@ -454,8 +615,8 @@ def test_conv_fashion_mnist_runs_end_to_end(tmp_path):
         assert (out_dir / name).stat().st_size > 0, name
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["vae"]["dataset"] == "fashion-mnist"
-    assert metrics["vae"]["config"] == {"latent_dim": 20, "arch": "conv", "beta": 4.0}
-    assert metrics["ae"]["config"] == {"latent_dim": 20, "arch": "conv"}
+    assert metrics["vae"]["config"] == {**models.AE(arch="conv").config, "beta": 4.0}
+    assert metrics["ae"]["config"] == models.AE(arch="conv").config
 
 
 def test_binarized_runs_train_and_test_on_binary_pixels(data_dir, tmp_path):
@@ -523,6 +684,14 @@ def test_a_damaged_data_file_gives_one_clear_line(data_dir, tmp_path, monkeypatc
     (["--iw-samples", "0"], "--iw-samples must be at least 1"),
     (["--arch", "resnet"], "argument --arch: invalid choice"),
     (["--dataset", "cifar10"], "argument --dataset: invalid choice"),
+    (["--decoder", "poisson"], "argument --decoder: invalid choice"),
+    (["--decoder", "gaussian", "--sigma", "0"], "argument --sigma: must be a positive number or learned, got '0'"),
+    (["--decoder", "gaussian", "--sigma", "-1"], "argument --sigma: must be a positive number or learned"),
+    (["--decoder", "gaussian", "--sigma", "nan"], "argument --sigma: must be a positive number or learned"),
+    (["--decoder", "gaussian", "--sigma", "inf"], "argument --sigma: must be a positive number or learned"),
+    (["--decoder", "gaussian", "--sigma", "wide"], "argument --sigma: must be a positive number or learned, got 'wide'"),
+    (["--sigma", "0.5"], "--sigma is the gaussian decoder's; the bernoulli decoder has none"),
+    (["--mlp-hidden-dim", "0"], "--mlp-hidden-dim must be at least 1"),
 ])
 def test_bad_flags_are_refused_by_argparse(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -683,7 +852,7 @@ def test_ctrl_c_during_training_stops_with_one_line_and_status_130(data_dir, tmp
                                 "--model", "vae", "--epochs", "100000", "--device", "cpu"],
                                cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        while "vae epoch" not in process.stdout.readline():
+        while not process.stdout.readline().startswith("vae  epoch"):
             assert process.poll() is None, process.stderr.read()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
@@ -704,7 +873,7 @@ def test_ctrl_c_during_evaluation_leaves_every_file_whole(trained_dir, data_dir,
     def interrupted_save(temporary):
         temporary.write_bytes(b"half a figure")
         raise KeyboardInterrupt
-    monkeypatch.setattr(evaluate, "plot_reconstructions",
+    monkeypatch.setattr(figures, "plot_reconstructions",
                         lambda *args: train.write_atomically(tmp_path / "reconstructions.png", interrupted_save))
     with pytest.raises(SystemExit) as exit_info:
         train.run(lambda: evaluate.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
@@ -798,9 +967,9 @@ def test_the_tracker_catches_device_float64_and_numpy_but_not_host_work():
             on_device.sum().item()
 
 
-def test_evaluation_keeps_float64_and_numpy_off_the_training_device(trained_dir, data_dir, tmp_path):
-    for name in ("ae.pt", "vae.pt"):
-        shutil.copy(trained_dir / name, tmp_path / name)
+def test_evaluation_keeps_float64_and_numpy_off_the_training_device(cvae_dir, data_dir, tmp_path):
+    for name in ("ae.pt", "vae.pt", "cvae.pt"):
+        shutil.copy(cvae_dir / name, tmp_path / name)
     with DeviceTracker():
         evaluate.evaluate(tmp_path, data_dir, str(TRAINING_DEVICE), seed=0)
     assert (tmp_path / "metrics.json").exists()
@@ -815,13 +984,14 @@ def test_binarize_once_draws_on_the_host_and_returns_to_the_device():
 
 
 @pytest.mark.parametrize("binarize", [False, True])
-@pytest.mark.parametrize("model_class", [models.AE, models.VAE])
+@pytest.mark.parametrize("model_class", [models.AE, models.VAE, models.CVAE])
 def test_an_epoch_never_waits_for_the_device(model_class, binarize):
     torch.manual_seed(0)
     with DeviceTracker(no_sync=True):
         model = model_class().to(TRAINING_DEVICE)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-        mean_loss = train.train_epoch(model, optimizer, torch.rand(40, *models.IMAGE_SHAPE).to(TRAINING_DEVICE), 16, binarize)
+        images, labels = torch.rand(40, *models.IMAGE_SHAPE).to(TRAINING_DEVICE), (torch.arange(40) % 10).to(TRAINING_DEVICE)
+        mean_loss = train.train_epoch(model, optimizer, images, labels, 16, binarize)
     assert mean_loss.on_device and mean_loss.item() > 0  # read after the epoch, outside the tracker
 
 
@@ -851,6 +1021,93 @@ def test_requested_class_scores_on_hand_made_probabilities():
     assert scores["per_class_hit"] == pytest.approx([1 / 3, 1.0, 1.0])
 
 
+# The conditional VAE.
+
+def test_the_label_reaches_the_cvae_encoder_and_decoder():
+    torch.manual_seed(0)
+    x, y, z = images(4), torch.tensor([0, 1, 2, 3]), torch.randn(4, 20)
+    for arch in ("mlp", "conv"):
+        cvae = models.CVAE(arch=arch)
+        assert not torch.allclose(cvae.encode(x, y)[0], cvae.encode(x, (y + 1) % 10)[0]), arch
+        assert not torch.allclose(cvae.decode(z, y), cvae.decode(z, (y + 1) % 10)), arch
+        cvae.loss(x, y).backward()
+        for name, parameter in cvae.named_parameters():
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (arch, name)
+
+
+def test_the_cvae_loss_is_the_vae_loss_with_the_one_hot_label_appended():
+    torch.manual_seed(0)
+    cvae, x, y = models.CVAE(beta=2.0), images(5), torch.tensor([3, 1, 4, 1, 5])
+    one_hot = torch.nn.functional.one_hot(y, 10).float()
+    torch.manual_seed(1)
+    loss = cvae.loss(x, y)
+    torch.manual_seed(1)
+    mu, logvar = cvae.encoder(torch.cat([x.flatten(1), one_hot], 1)).chunk(2, dim=1)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    logits = cvae.decoder(torch.cat([z, one_hot], 1))
+    reconstruction = -Bernoulli(logits=logits, validate_args=False).log_prob(x).sum() / 5
+    kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1).mean()
+    torch.testing.assert_close(loss, reconstruction + 2.0 * kl)
+
+
+def test_a_trained_cvae_draws_the_digit_it_is_told():
+    torch.manual_seed(0)
+    templates = (torch.rand(2, 1, 28, 28) > 0.5).float()
+    y = torch.arange(64) % 2
+    x = torch.where(torch.rand(64, 1, 28, 28) < 0.05, 1 - templates[y], templates[y])
+    cvae = models.CVAE(latent_dim=2, classes=2)
+    optimizer = torch.optim.Adam(cvae.parameters(), lr=2e-3)
+    for _ in range(300):
+        optimizer.zero_grad()
+        cvae.loss(x, y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        z = torch.randn(100, 2)
+        for label in (0, 1):
+            drawn = cvae.decode(z, torch.full((100,), label)).round()
+            assert (drawn == templates[label]).float().mean() > 0.9  # the pixels of the digit asked for
+            assert (drawn == templates[1 - label]).float().mean() < 0.6  # about half, as for any random template
+
+
+@pytest.fixture(scope="session")
+def cvae_dir(trained_dir, data_dir, tmp_path_factory):
+    """trained_dir's AE and VAE beside a CVAE trained with the same flags, evaluated together."""
+    out_dir = tmp_path_factory.mktemp("cvae")
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(trained_dir / name, out_dir / name)
+    train.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--epochs", "2", "--device", "cpu", "--model", "cvae"])
+    evaluate.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu"])
+    return out_dir
+
+
+def test_evaluation_with_a_cvae_adds_its_rows_and_figure(cvae_dir, data_dir, tmp_path):
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(cvae_dir / name, tmp_path / name)
+    evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)  # as evaluate.main in cvae_dir, without the CVAE
+    report, before = [json.loads((folder / "metrics.json").read_text()) for folder in (cvae_dir, tmp_path)]
+    assert (cvae_dir / "style_cvae.png").stat().st_size > 0 and not (tmp_path / "style_cvae.png").exists()
+    assert set(report["on_demand"]) == {"ae", "vae", "cvae", "cvae_fitted"}
+    for name in ("cvae", "cvae_fitted"):
+        assert set(report["on_demand"][name]) == {"hit", "assigned", "per_class_hit", "frechet_distance"}
+        assert report["on_demand"][name]["hit"] == pytest.approx(np.mean(report["on_demand"][name]["per_class_hit"]))
+    cvae = report["cvae"]
+    assert cvae["config"] == models.CVAE().config and cvae["epochs"] == 2
+    assert -cvae["test_log_likelihood"] < cvae["test_negative_elbo"] and 0 < cvae["test_reconstruction_mse"] < 1
+    for key in ("samples", "on_demand", "latent_codes", "classifier"):  # the CVAE's draws come after every other
+        assert {k: v for k, v in report[key].items() if k in before[key]} == before[key], key
+
+
+def test_a_cvae_trained_differently_is_refused(cvae_dir, data_dir, tmp_path):
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(cvae_dir / name, tmp_path / name)
+    train.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu",
+                "--model", "cvae", "--latent-dim", "5"])
+    with pytest.raises(SystemExit, match=r"cvae\.pt and ae\.pt were trained differently \(latent_dim 5 against 20\)"):
+        evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)
+    evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0, with_cvae=False)  # main.py without --cvae leaves it alone
+    assert "cvae" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
 # A student's copy: the code a figure uses, train.py with models.py alone, and the README's snippet.
 
 def test_code_is_z_for_the_ae_and_the_posterior_mean_for_the_vae():
@@ -862,10 +1119,11 @@ def test_code_is_z_for_the_ae_and_the_posterior_mean_for_the_vae():
 def test_train_py_needs_only_models_py_beside_it(data_dir, tmp_path):
     for name in ("train.py", "models.py"):
         shutil.copy(HERE / name, tmp_path / name)
-    result = subprocess.run([sys.executable, "train.py", "--data-dir", str(data_dir), "--epochs", "1", "--device", "cpu"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "results" / "ae.pt").exists() and (tmp_path / "results" / "vae.pt").exists()
+    for flags in ([], ["--model", "cvae"]):
+        result = subprocess.run([sys.executable, "train.py", "--data-dir", str(data_dir), "--epochs", "1", "--device", "cpu", *flags],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+        assert result.returncode == 0, result.stderr
+    assert all((tmp_path / "results" / f"{name}.pt").exists() for name in ("ae", "vae", "cvae"))
 
 
 def test_the_readme_snippet_runs_as_written(trained_dir, data_dir, tmp_path):
@@ -904,3 +1162,80 @@ def test_the_aggregate_spans_every_result_of_every_seed(trained_dir, tmp_path, m
     for comparison in aggregate["comparisons"]:
         means = [aggregate["numbers"][comparison[side]]["mean"] for side in ("a", "b")]
         assert len(comparison["differences"]) == 2 and comparison["mean_difference"] == pytest.approx(means[0] - means[1])
+
+
+# explore.py: the latent space by hand, tested headless on tiny trained models.
+
+@pytest.fixture(scope="module")
+def explorer(cvae_dir, data_dir):
+    import explore
+    figure = Figure(figsize=(13, 8))
+    args = argparse.Namespace(out_dir=cvae_dir, data_dir=data_dir, view="z", point=[0.0, 0.0], around="codes")
+    return explore.load_explorer(figure, args)
+
+
+def click(explorer, name, across, up):
+    """A left click at a point of a model's scatter, given as shares of its axes' width and height, through
+    the figure's own event handling; returns the point's (u, v) in the scatter's coordinates."""
+    ax = explorer.scatters[name].axes
+    x, y = ax.transAxes.transform((across, up))
+    for kind in ("button_press_event", "button_release_event"):
+        explorer.figure.canvas.callbacks.process(kind, MouseEvent(kind, explorer.figure.canvas, x, y, button=1))
+    return ax.transData.inverted().transform((x, y))
+
+
+@torch.no_grad()
+def test_the_explorer_decodes_the_point_clicked_with_the_other_coordinates_at_the_codes_mean(explorer, data_dir):
+    test_images, test_labels = train.load_split("mnist", data_dir, False, "cpu")
+    explorer.sliders[0].set_val(1.5)
+    u, v = click(explorer, "vae", 0.3, 0.8)
+    for name, model in explorer.models.items():
+        codes = evaluate.codes_of(model, test_images, test_labels).double()
+        z = codes.mean(0)
+        z[:2] = torch.tensor([u, v], dtype=z.dtype)
+        z[2] += 1.5 * codes[:, 2].std()
+        label = torch.tensor([0]) if name == "cvae" else None
+        expected = model.decode(z.float()[None], label)[0, 0]
+        torch.testing.assert_close(torch.as_tensor(explorer.images[name].get_array()), expected, msg=name)
+    assert list(explorer.markers["ae"].get_data()[0]) == pytest.approx([u])
+
+
+@torch.no_grad()
+def test_the_explorer_switches_to_principal_directions_around_the_prior_and_decodes_as_any_label(explorer, data_dir):
+    test_images, test_labels = train.load_split("mnist", data_dir, False, "cpu")
+    explorer.view_buttons.set_active(1)
+    explorer.around_buttons.set_active(0)  # the other coordinates at 0, the prior's centre
+    explorer.label_buttons.set_active(7)
+    explorer.sliders[0].set_val(-1.0)
+    u, v = click(explorer, "ae", 0.6, 0.25)
+    for name, model in explorer.models.items():
+        codes = evaluate.codes_of(model, test_images, test_labels).double()
+        view = explorer.views[name]["pca"]
+        covariance, basis = torch.cov(codes.T), view.basis
+        variances = (basis.T @ covariance @ basis).diagonal()
+        torch.testing.assert_close(basis.T @ basis, torch.eye(20, dtype=basis.dtype))  # orthonormal ...
+        torch.testing.assert_close(basis.T @ covariance @ basis, torch.diag(variances))  # ... principal directions ...
+        assert torch.all(variances[:-1] >= variances[1:] - 1e-9)  # ... by decreasing variance
+        top_two = basis[:, :2] @ basis[:, :2].T  # the point is relative to the codes' mean along these alone
+        z = top_two @ codes.mean(0) + u * basis[:, 0] + v * basis[:, 1] - 1.0 * basis[:, 2]
+        label = torch.tensor([7]) if name == "cvae" else None
+        torch.testing.assert_close(torch.as_tensor(explorer.images[name].get_array()), model.decode(z.float()[None], label)[0, 0])
+        if name != "cvae":
+            offsets = torch.as_tensor(explorer.scatters[name].get_offsets())
+            torch.testing.assert_close(offsets, (codes - codes.mean(0)) @ basis[:, :2])
+    assert "as 7" in explorer.images["cvae"].axes.get_title()
+
+
+def test_explore_save_writes_the_view_and_no_display_says_how(cvae_dir, trained_dir, data_dir, tmp_path):
+    import explore
+    explore.main(["--data-dir", str(data_dir), "--out-dir", str(cvae_dir), "--save", str(tmp_path / "view.png"), "--view", "pca"])
+    assert (tmp_path / "view.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    headless = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    errors = []
+    for out_dir in (trained_dir, tmp_path):
+        result = subprocess.run([sys.executable, "explore.py", "--data-dir", str(data_dir), "--out-dir", str(out_dir)], cwd=HERE,
+                                capture_output=True, text=True, timeout=300, env={**headless, "MPLBACKEND": "agg"})
+        assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+        errors.append(result.stderr)
+    assert errors[0].startswith("error: no display to open a window on") and "python explore.py --save explore.png" in errors[0]
+    assert errors[1].startswith(f"error: {tmp_path / 'ae.pt'} not found; train it first")

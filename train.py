@@ -1,11 +1,12 @@
-"""Train the AE and the VAE on MNIST (or Fashion-MNIST) with one training loop.
+"""Train the AE and the VAE (and, when asked, the conditional VAE) on MNIST or Fashion-MNIST with one loop.
 
     python train.py --data-dir data                  # AE then VAE, 30 epochs each
-    python train.py --model vae --epochs 10          # one model
+    python train.py --model cvae --epochs 10         # one model: ae, vae or cvae
 
 It needs only models.py beside it (and torch, torchvision). Each model is saved to
-<out-dir>/<model>.pt: a dict with model_state, config (models.VAE(**config) rebuilds it), dataset
-and history (per-epoch train loss, test loss and seconds).
+<out-dir>/<model>.pt: a dict with model_state, config (models.VAE(**config) rebuilds it: every
+constructor argument is in it), dataset and history (per-epoch train loss, test loss and seconds).
+Every model argument is a flag of the same name whose default is models.py's own.
 
 Why it is fast: the whole split sits on the training device as one float tensor, and every step
 indexes a random batch out of it. There is no DataLoader, no per-image transform and no
@@ -15,6 +16,7 @@ standard loop. The lesson is the first half of this file; flags and checks come 
 """
 import argparse
 import contextlib
+import inspect
 import math
 import platform
 import sys
@@ -28,7 +30,7 @@ from torchvision import datasets
 
 import models
 
-MODELS = {"ae": models.AE, "vae": models.VAE}
+MODELS = {"ae": models.AE, "vae": models.VAE, "cvae": models.CVAE}
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 
 
@@ -46,15 +48,15 @@ def binarize_once(images, seed=0):
     return torch.bernoulli(images.cpu(), generator=generator).to(images.device)
 
 
-def train_epoch(model, optimizer, images, batch_size, binarize=False):
+def train_epoch(model, optimizer, images, labels, batch_size, binarize=False):
     """One pass over the images in a random order; returns the mean loss per image."""
     model.train()
     total = torch.zeros((), device=images.device)
     for batch in torch.randperm(len(images), device=images.device).split(batch_size):
-        x = images[batch]
+        x, y = images[batch], labels[batch]
         if binarize:
             x = torch.bernoulli(x)  # dynamic binarization: fresh 0/1 pixels at every step
-        loss = model.loss(x)  # the only line where the AE and the VAE differ
+        loss = model.loss(x, y)  # the only line where the models differ; the AE and the VAE ignore y
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -63,50 +65,61 @@ def train_epoch(model, optimizer, images, batch_size, binarize=False):
 
 
 @torch.no_grad()
-def evaluate_loss(model, images, batch_size=1000):
-    """Mean loss per image over a whole split (for the VAE: one sample of z per image)."""
+def evaluate_loss(model, images, labels, batch_size=1000):
+    """Mean loss per image over a whole split (for the VAEs: one sample of z per image)."""
     model.eval()
-    total = sum(model.loss(x) * len(x) for x in images.split(batch_size))
+    total = sum(model.loss(x, y) * len(x) for x, y in zip(images.split(batch_size), labels.split(batch_size)))
     return total / len(images)
 
 
-def fit(model, train_images, test_images, args, name):
-    """Train for args.epochs, printing one line per epoch; returns the history."""
+def fit(model, train_split, test_split, args, name):
+    """Train for args.epochs on (images, labels) splits, printing one line per epoch; returns the history."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     history = {"train_loss": [], "test_loss": [], "seconds": []}
     for epoch in range(1, args.epochs + 1):
         with on_interrupt(f"{name.upper()} epoch {epoch}/{args.epochs}, not saved; "
                           f"files already in {args.out_dir}/ are untouched"):
             start = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, train_images, args.batch_size, args.binarize).item()
+            train_loss = train_epoch(model, optimizer, *train_split, args.batch_size, args.binarize).item()
             seconds = time.perf_counter() - start
-            test_loss = evaluate_loss(model, test_images).item()
-        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-            fail(f"the {name} loss is not finite at epoch {epoch} (train {train_loss}, test {test_loss}); "
-                 f"stopped without writing a checkpoint (try a smaller --lr)")
-        print(f"{name:3s} epoch {epoch:3d}/{args.epochs}  train {train_loss:7.2f}  test {test_loss:7.2f}"
-              f"  nats/image  {seconds:5.2f} s", flush=True)
+            test_loss = evaluate_loss(model, *test_split).item()
+            if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+                fail(f"the {name} loss is not finite at epoch {epoch} (train {train_loss}, test {test_loss}); "
+                     f"stopped without writing a checkpoint (try a smaller --lr)")
+            print(f"{name:4s} epoch {epoch:3d}/{args.epochs}  train {train_loss:7.2f}  test {test_loss:7.2f}"
+                  f"  nats/image  {seconds:5.2f} s", flush=True)
         history["train_loss"].append(train_loss)
         history["test_loss"].append(test_loss)
         history["seconds"].append(seconds)
     return history
 
 
+def build_model(name, args, classes):
+    """The named model, its arguments from the flags of the same names."""
+    arguments = dict(latent_dim=args.latent_dim, arch=args.arch, mlp_hidden_dim=args.mlp_hidden_dim,
+                     conv_channels=args.conv_channels, conv_hidden_dim=args.conv_hidden_dim,
+                     decoder=args.decoder, sigma=args.sigma)
+    if name != "ae":
+        arguments["beta"] = args.beta
+    if name == "cvae":
+        arguments["classes"] = classes
+    return MODELS[name](**arguments)
+
+
 def train(args, names):
-    """Train and save each named model ("ae", "vae") on the same data, device and seed."""
+    """Train and save each named model ("ae", "vae", "cvae") on the same data, device and seed."""
     device = resolve_device(args.device)
     out_dir = writable_dir(args.out_dir)
-    train_images, _ = load_split(args.dataset, args.data_dir, True, device)
-    test_images, _ = load_split(args.dataset, args.data_dir, False, device)
+    train_split = load_split(args.dataset, args.data_dir, True, device)
+    test_images, test_labels = load_split(args.dataset, args.data_dir, False, device)
     if args.binarize:
         test_images = binarize_once(test_images)
     for name in names:
         torch.manual_seed(args.seed)
-        kwargs = {"beta": args.beta} if name == "vae" else {}
-        model = MODELS[name](latent_dim=args.latent_dim, arch=args.arch, **kwargs).to(device)
+        model = build_model(name, args, len(DATASETS[args.dataset].classes)).to(device)
         print(f"training the {args.arch} {name.upper()} on {device}: {args.dataset}"
-              f"{' (binarized)' if args.binarize else ''}, {len(train_images)} train / {len(test_images)} test images")
-        history = fit(model, train_images, test_images, args, name)
+              f"{' (binarized)' if args.binarize else ''}, {len(train_split[0])} train / {len(test_images)} test images")
+        history = fit(model, train_split, (test_images, test_labels), args, name)
         versions = {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": torchvision.__version__}
         save_checkpoint({"model": name, "config": model.config, "dataset": args.dataset, "binarize": args.binarize,
                          "seed": args.seed, "device": str(device), "versions": versions,
@@ -241,17 +254,45 @@ def make_parser(description, training=True):
         parser.add_argument("--epochs", type=int, default=30, help="epochs per model")
         parser.add_argument("--batch-size", type=int, default=128, help="images per training step")
         parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-        parser.add_argument("--latent-dim", type=int, default=20, help="size of z (at least 2: the figures plot z0 against z1)")
-        parser.add_argument("--beta", type=float, default=1.0, help="weight of the VAE's KL term")
-        parser.add_argument("--arch", default="mlp", choices=sorted(models.BODIES), help="encoder/decoder body of both models")
         parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
                             help="fashion-mnist reads <data-dir>/FashionMNIST/raw/")
         parser.add_argument("--binarize", action="store_true",
                             help="train on 0/1 pixels drawn afresh each step, test on a fixed draw: a true likelihood")
+        model = parser.add_argument_group("the models' arguments (defaults: models.py's)")
+        model.add_argument("--latent-dim", type=int, default=MODEL_DEFAULTS["latent_dim"],
+                           help="size of z (at least 2: the figures plot z0 against z1)")
+        model.add_argument("--arch", default=MODEL_DEFAULTS["arch"], choices=sorted(models.BODIES), help="encoder/decoder body")
+        model.add_argument("--mlp-hidden-dim", type=int, default=MODEL_DEFAULTS["mlp_hidden_dim"], help="the mlp's hidden width")
+        model.add_argument("--conv-channels", type=int, default=MODEL_DEFAULTS["conv_channels"],
+                           help="the conv's first feature maps (then twice as many)")
+        model.add_argument("--conv-hidden-dim", type=int, default=MODEL_DEFAULTS["conv_hidden_dim"], help="the conv's dense width")
+        model.add_argument("--decoder", default=MODEL_DEFAULTS["decoder"], choices=sorted(models.LIKELIHOODS),
+                           help="the likelihood p(x|z), the reconstruction loss")
+        model.add_argument("--sigma", type=sigma_value, default=None,
+                           help="the gaussian decoder's sigma: a number (0.71: mse_loss(sum); 19.8: its mean over pixels) "
+                                "or learned, its default")
+        model.add_argument("--beta", type=float, default=MODEL_DEFAULTS["beta"], help="weight of the KL term (VAE, CVAE)")
     return parser
 
 
-LOWEST = {"epochs": 1, "batch_size": 1, "latent_dim": 2, "beta": 0, "iw_samples": 1, "rounds": 1}
+MODEL_DEFAULTS = {name: parameter.default for model in MODELS.values()
+                  for name, parameter in inspect.signature(model).parameters.items()
+                  if parameter.default is not inspect.Parameter.empty}
+LOWEST = {"epochs": 1, "batch_size": 1, "latent_dim": 2, "mlp_hidden_dim": 1, "conv_channels": 1, "conv_hidden_dim": 1,
+          "beta": 0, "iw_samples": 1, "rounds": 1}
+
+
+def sigma_value(text):
+    """--sigma: "learned", or a positive finite number."""
+    if text == "learned":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # refuses nan too
+        raise argparse.ArgumentTypeError(f"must be a positive number or learned, got {text!r}")
+    return value
 
 
 def parse_flags(parser, argv=None):
@@ -262,12 +303,17 @@ def parse_flags(parser, argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}")
     if not getattr(args, "lr", 1) > 0:
         parser.error(f"--lr must be greater than 0, got {args.lr}")
+    if getattr(args, "sigma", None) is not None and args.decoder != "gaussian":
+        parser.error(f"--sigma is the gaussian decoder's; the {args.decoder} decoder has none (add --decoder gaussian)")
+    if getattr(args, "decoder", None) == "gaussian" and args.sigma is None:
+        args.sigma = "learned"
     return args
 
 
 def main(argv=None):
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--model", default="both", choices=["ae", "vae", "both"], help="which model(s) to train")
+    parser.add_argument("--model", default="both", choices=["ae", "vae", "cvae", "both"],
+                        help="which model to train; both: the AE and the VAE")
     args = parse_flags(parser, argv)
     train(args, ["ae", "vae"] if args.model == "both" else [args.model])
 
