@@ -850,8 +850,9 @@ def test_ctrl_c_during_training_stops_with_one_line_and_status_130(data_dir, tmp
     (out_dir / "vae.pt").write_bytes(b"an earlier checkpoint")
     process = subprocess.Popen([sys.executable, "train.py", "--data-dir", str(data_dir), "--out-dir", str(out_dir),
                                 "--model", "vae", "--epochs", "100000", "--device", "cpu"],
-                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a suite run in the
+    try:                                                            # background ignores Ctrl-C, and so would its child
         while not process.stdout.readline().startswith("vae  epoch"):
             assert process.poll() is None, process.stderr.read()
         process.send_signal(signal.SIGINT)
