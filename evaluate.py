@@ -102,7 +102,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         if pair["vae"].latent_dim == 2:
             figures.plot_manifold(out_dir, pair, device)
         if "cvae" in loaded:
-            figures.plot_style(out_dir, loaded["cvae"], test_inputs, test_labels, class_names)
+            figures.plot_style(out_dir, cvae, test_inputs, test_labels, class_names)
         figures.plot_loss_curves(out_dir, checkpoints)
         write_metrics(out_dir, loaded, checkpoints, fit, {
             "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": pixel_entropy},

@@ -1,11 +1,12 @@
 """Five seeds of the default run, and the spread over seeds of every number the README compares.
 
-    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: about 13 minutes on a 2-core CPU
-    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 19 minutes
+    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: five runs of main.py, about 11 minutes on 2 cores
+    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 16 minutes
     python seeds.py --aggregate-only                      # recompute aggregate.json from the kept files
 
 Each seed trains the models and evaluates them, as `python main.py --seed S` does (any other flag is
-passed on to it), in a temporary folder, and its metrics.json is kept as results/seeds/seed_S.json (seed 0 is the run in results/).
+passed on to it), in a temporary folder, and its metrics.json is kept as results/seeds/seed_S.json
+(seed 0 is the run in results/).
 results/seeds/aggregate.json then holds, for every number in those files, its mean, standard deviation
 (n - 1), min and max over the seeds; and, for every comparison the README makes, the difference in each
 seed and a verdict: a model or sampler is better only where every seed agrees, else the difference is
