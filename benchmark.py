@@ -1,6 +1,6 @@
 """Epoch time of train.py's loop against the standard DataLoader loop, side by side in one run.
 
-    python benchmark.py --data-dir ../shared/data
+    python benchmark.py --data-dir ../shared/data     # prints the table and writes results/benchmark.json
 
 Three loops train the same VAE (batch 128, Adam, fp32) one epoch at a time, taking turns, so any
 drift in the machine's speed hits all of them alike; each adds one change to the loop before it:
@@ -13,8 +13,11 @@ drift in the machine's speed hits all of them alike; each adds one change to the
   train.py   the same with the fused Adam that train.py uses
 """
 import argparse
+import json
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torchvision import datasets, transforms
@@ -42,7 +45,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="as in train.py")
     parser.add_argument("--rounds", type=int, default=3, help="epochs of each loop")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
-    args = train.parse_flags(parser, argv)
+    parser.add_argument("--out", default="results/benchmark.json", help="where the table is written")
+    args = train.parse_flags(parser, argv, {"rounds": 1})
 
     device = train.resolve_device(args.device)
     images, labels = train.load_split("mnist", args.data_dir, True, device)
@@ -75,9 +79,24 @@ def main(argv=None):
         print(f"{round_number:5d}  " + "  ".join(f"{seconds[name][-1]:9.2f}" for name in loops), flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     print("median " + "  ".join(f"{medians[name]:9.2f}" for name in loops))
+    ratios = {name: medians[name] / medians["standard"] for name in loops}
     for name in list(loops)[1:]:
-        ratio = medians[name] / medians["standard"]
-        print(f"{name} / standard: {ratio:.2f} (1/{1 / ratio:.1f})")
+        print(f"{name} / standard: {ratios[name]:.2f} (1/{1 / ratios[name]:.1f})")
+    report = {"device": str(device), "machine": machine(), "batch_size": args.batch_size, "rounds": args.rounds,
+              "seconds_per_epoch": seconds, "median_seconds": medians, "ratio_to_standard": ratios}
+    train.write_atomically(Path(args.out), lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+    print(f"wrote {args.out}")
+
+
+def machine():
+    """The processor, its kernels and the software: what a timing depends on."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():  # Linux names its processor there, not in platform.processor()
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": str(torch.__version__)}
 
 
 if __name__ == "__main__":

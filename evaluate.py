@@ -9,9 +9,12 @@ and from a 10-component Gaussian mixture fitted to them (priors.py). The VAE's d
 twice: to its posterior means, and to one draw z ~ q(z|x) per training image, what its decoder saw
 in training. A Gaussian per class draws a chosen digit from either model; a conditional VAE, where
 one was trained, is asked for the digit by its label. A digit classifier scores what the models
-decode (metrics.py), and importance sampling bounds the VAE's log-likelihood.
+decode (metrics.py), and importance sampling bounds the VAE's log-likelihood, which is then put to
+use: telling unseen kinds of images from the test split (anomaly.py) and, for binarized digits,
+as a code length against general-purpose compressors.
 """
 import json
+import math
 import pickle
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import anomaly
 import figures
 import metrics
 import models
@@ -27,23 +31,28 @@ import train
 
 SAMPLES = 10_000  # draws scored per sampler
 ON_DEMAND_DRAWS = 1000  # draws scored per class
+MIXTURE = {"components": 10, "starts": 5, "codes": 10_000}  # the fitted mixture: EM from 5 starts, on 10,000 codes
 
 
 @torch.no_grad()
-def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None):
+def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None, run_started=None):
     """Write every figure and metrics.json into out_dir, in this order:
 
     1. a digit classifier, trained on the training split, that scores whatever the models decode;
     2. each model's codes of both splits (models.AE.code: z for the AE, the mean of q(z|x) for the VAE);
     3. decoded draws from each sampler, reconstructions and interpolation midpoints, scored;
     4. how well each model fits the test split: its reconstructions' squared error, the likelihood's
-       floor, and the VAE's ELBO, its importance-weighted bound L_k and its active units;
+       floor, and the VAE's ELBO, its importance-weighted bound L_k and its active units; for binarized
+       digits, L_k as a code length against zlib and lzma;
     5. the VAE's fitted Gaussian and mixture again, fitted to z ~ q(z|x) instead of its means;
     6. digits on demand: for each model, a Gaussian fitted to each class's codes, and its draws scored;
     7. where the test codes lie: inside the prior's 2 sigma circle, and along their principal directions;
     8. with the conditional VAE (with_cvae; None: if cvae.pt is there), its likelihood and the digits
        it draws when told the label, from N(0, I) and from a Gaussian fitted to its codes;
-    9. the figures, and last metrics.json.
+    9. outliers: how well each model's scores tell the test split from other images (anomaly.py);
+    10. what a decoded image is: the mean of p(x|z), beside images drawn from p(x|z);
+    11. the figures, and last metrics.json (run_started: when main.py began, for its wall time).
+    Steps 9 and 10 seed their own draws, so that no number before them depends on them.
     """
     start = time.perf_counter()
     device = train.resolve_device(device_name)
@@ -69,9 +78,11 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         scores, shown, gaussians = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images)
         # 4. The fit to the test split.
         fit = {name: reconstruction_fit(model, test_inputs, test_labels, test_codes[name]) for name, model in pair.items()}
-        fit["vae"].update(likelihood(pair["vae"], test_inputs, test_labels, test_codes["vae"], iw_samples))
+        vae_fit, test_bound = likelihood(pair["vae"], test_inputs, test_labels, test_codes["vae"], iw_samples)
+        fit["vae"].update(vae_fit)
         decoder = decoder_report(pair["vae"], test_inputs)
         pixel_entropy = models.BernoulliPixels().floor(test_inputs)
+        extra = {"compression": compression(test_bound, vae_fit["test_negative_elbo"], test_inputs)} if binarize else {}
         # 5. The VAE's densities refitted to z ~ q(z|x).
         sampled_codes = sampled_vae_codes(pair["vae"], train_inputs, train_labels)
         scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference))
@@ -86,12 +97,19 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             cvae = loaded["cvae"]
             cvae_test_codes = codes_of(cvae, test_inputs, test_labels)
             fit["cvae"] = {**reconstruction_fit(cvae, test_inputs, test_labels, cvae_test_codes),
-                           **likelihood(cvae, test_inputs, test_labels, cvae_test_codes, iw_samples)}
+                           **likelihood(cvae, test_inputs, test_labels, cvae_test_codes, iw_samples)[0]}
             cvae_codes = sampled_vae_codes(cvae, train_inputs, train_labels)
             cvae_on_demand, cvae_shown = conditional_on_demand(cvae, cvae_codes, len(class_names), classifier, reference)
             on_demand.update(cvae_on_demand)
             on_demand_shown.update(cvae_shown)
-        # 9. The figures, and metrics.json.
+        # 9. Outliers.
+        torch.manual_seed(seed)
+        outliers, inlier_scores, outlier_scores = anomaly.detect_outliers(
+            pair, test_inputs, test_bound, gaussians, dataset, data_dir, binarize, iw_samples)
+        # 10. Draws from p(x|z).
+        torch.manual_seed(seed)
+        decoder_draws = draws_from_decoder(pair["vae"], device)
+        # 11. The figures, and metrics.json.
         figures.plot_samples(out_dir, shown, scores)
         figures.plot_on_demand(out_dir, on_demand_shown, on_demand, class_names)
         figures.plot_interpolations(out_dir, pair, test_inputs, test_labels)
@@ -104,6 +122,8 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         if "cvae" in loaded:
             figures.plot_style(out_dir, cvae, test_inputs, test_labels, class_names)
         figures.plot_loss_curves(out_dir, checkpoints)
+        figures.plot_anomaly(out_dir, outliers, inlier_scores, outlier_scores, dataset)
+        figures.plot_decoder_draws(out_dir, decoder_draws, decoder)
         write_metrics(out_dir, loaded, checkpoints, fit, {
             "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": pixel_entropy},
             "decoder": decoder,
@@ -112,7 +132,13 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             "on_demand": on_demand,
             "latent_codes": spread,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "evaluate_seconds": time.perf_counter() - start})
+            "mixture": MIXTURE,
+            "anomaly": outliers,
+            "anomaly_setup": {"test_images": len(test_inputs), "images_per_outlier_set": len(next(iter(outlier_scores.values()))["ae_nll"]),
+                              "kept": anomaly.KEPT, "iw_samples": iw_samples},
+            **extra,
+            "evaluate_seconds": time.perf_counter() - start,
+            **({"main_seconds": time.perf_counter() - run_started} if run_started is not None else {})})
 
 
 # The numbers. Labels go wherever images or codes go: the CVAE reads them, the AE and the VAE ignore them.
@@ -141,12 +167,13 @@ def decode(model, z, labels=None, batch_size=1000):
                       for chunk, y in in_batches(batch_size, z, labels)])
 
 
-def fit_densities(train_codes, mixture_codes=10_000):
+def fit_densities(train_codes):
     """A Gaussian fitted to all the codes, and a 10-component mixture fitted to a random 10,000 of them
-    (about 1,000 per component, which keeps EM under a second on a CPU). Fitting a density to an AE's
-    codes after training is ex-post density estimation (Ghosh et al., ICLR 2020)."""
-    subset = torch.randperm(len(train_codes))[:mixture_codes].to(train_codes.device)
-    return priors.Gaussian(train_codes), priors.GaussianMixture(train_codes[subset])
+    (about 1,000 per component, which keeps EM near a second a start on a CPU). Fitting a density to an
+    AE's codes after training is ex-post density estimation (Ghosh et al., ICLR 2020)."""
+    subset = torch.randperm(len(train_codes))[:MIXTURE["codes"]].to(train_codes.device)
+    mixture = priors.GaussianMixture(train_codes[subset], components=MIXTURE["components"], starts=MIXTURE["starts"])
+    return priors.Gaussian(train_codes), mixture
 
 
 def draw_latents(train_codes, n):
@@ -208,13 +235,35 @@ def decoder_report(model, test_inputs):
 
 def likelihood(vae, test_inputs, test_labels, test_means, iw_samples):
     """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units
-    (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016).
-    For the CVAE, whose every term is told the label, L_k bounds log p(x | y)."""
+    (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016);
+    and L_k of each test image. For the CVAE, whose every term is told the label, L_k bounds log p(x | y)."""
     totals = sum(torch.stack(vae.loss_terms(x, y)) * len(x) for x, y in in_batches(1000, test_inputs, test_labels))
     reconstruction, kl = (totals / len(test_inputs)).tolist()
     bound = metrics.importance_weighted_bound(vae, test_inputs, iw_samples, labels=test_labels)
     return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,
-            "test_log_likelihood": bound.mean().item(), "iw_samples": iw_samples, "active_units": metrics.active_units(test_means)}
+            "test_log_likelihood": bound.mean().item(), "iw_samples": iw_samples,
+            "active_units": metrics.active_units(test_means)}, bound
+
+
+def compression(test_bound, negative_elbo, test_inputs):
+    """Bits per binarized test digit: the VAE's -L_k, which bounds -log2 p(x), the length of an ideal code
+    for x under the model, and its negative ELBO, what a bits-back coder (Townsend et al., ICLR 2019)
+    spends with it; against zlib and lzma, one digit at a time and the whole split packed at once."""
+    packed = metrics.packed_pixels(test_inputs)
+    bits = {"vae_nll_bound": -test_bound.mean().item() / math.log(2), "vae_negative_elbo": negative_elbo / math.log(2)}
+    for compressor in ("zlib", "lzma"):
+        bits[f"{compressor}_per_digit"] = sum(metrics.compressed_bits(row.numpy().tobytes(), compressor)
+                                              for row in packed) / len(packed)
+        bits[f"{compressor}_whole_split"] = metrics.compressed_bits(packed.numpy().tobytes(), compressor) / len(packed)
+    return {"bits_per_digit": bits, "pixels_per_digit": test_inputs[0].numel()}
+
+
+def draws_from_decoder(vae, device, rows=6, draws=7):
+    """For a few z ~ N(0, I): the mean of p(x|z), the image every other figure shows, then images drawn
+    from p(x|z) itself. Shape (rows, 1 + draws, 1, 28, 28)."""
+    logits = vae.decode_logits(torch.randn(rows, vae.latent_dim).to(device))
+    samples = [vae.likelihood.sample(logits) for _ in range(draws)]
+    return torch.stack([vae.likelihood.mean(logits), *samples], dim=1)
 
 
 def class_samplers(train_codes, train_labels):
@@ -328,6 +377,9 @@ def load_models(out_dir, device, with_cvae=None):
     return loaded, checkpoints
 
 
+LOWEST = {"iw_samples": 1}
+
+
 def add_flags(parser):
     parser.add_argument("--iw-samples", type=int, default=50,
                         help="importance samples per test image for the VAE's log-likelihood bound L_k")
@@ -335,7 +387,7 @@ def add_flags(parser):
 
 
 def main(argv=None):
-    args = train.parse_flags(add_flags(train.make_parser(__doc__.splitlines()[0], training=False)), argv)
+    args = train.parse_flags(add_flags(train.make_parser(__doc__.splitlines()[0], training=False)), argv, LOWEST)
     evaluate(args.out_dir, args.data_dir, args.device, args.seed, args.iw_samples)
     print(f"figures and metrics.json written to {args.out_dir}/")
 

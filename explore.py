@@ -24,6 +24,7 @@ from matplotlib.transforms import Bbox
 from matplotlib.widgets import RadioButtons, Slider
 
 import evaluate
+import figures
 import metrics
 import train
 
@@ -77,7 +78,7 @@ class Explorer:
         self.views = {name: {kind: LatentView(codes[name], kind) for kind in VIEWS} for name in loaded}
         self.scatters, self.markers, self.images = {}, {}, {}
         for column, name in enumerate(["ae", "vae"]):
-            ax = figure.add_axes([0.05 + 0.32 * column, 0.40, 0.27, 0.52])
+            ax = figure.add_axes([0.05 + 0.32 * column, 0.40, 0.27, 0.47])
             self.scatters[name] = ax.scatter([], [], s=2, alpha=0.5)
             self.markers[name], = ax.plot([], [], "k+", markersize=16, markeredgewidth=2)
         for column, name in enumerate(loaded):
@@ -99,6 +100,8 @@ class Explorer:
             slider.on_changed(lambda _: self.redraw())
         self.view_buttons.on_clicked(lambda text: self.show_view(next(kind for kind, name in VIEWS.items() if name == text)))
         self.around_buttons.on_clicked(self.choose_around)
+        figure.legend(handles=figures.class_markers(class_names), loc="upper center", bbox_to_anchor=(0.345, 1.0),
+                      ncol=5, fontsize=9, title="each test code is coloured by its image's class", title_fontsize=9)
         figure.text(0.05, 0.03, HOW_Z_IS_MADE, fontsize=9)
         figure.canvas.mpl_connect("button_press_event", self.on_press)
         figure.canvas.mpl_connect("motion_notify_event", self.on_drag)

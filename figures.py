@@ -119,10 +119,14 @@ def scatter_codes(ax, points, labels):
     ax.set_aspect("equal", adjustable="datalim")
 
 
+def class_markers(class_names):
+    """One legend entry per class: a dot in the class's colour, as scatter_codes draws it."""
+    return [Line2D([], [], marker="o", linestyle="", color=colormaps["tab10"](label), label=class_name)
+            for label, class_name in enumerate(class_names)]
+
+
 def add_class_legend(ax, class_names):
-    legend = [Line2D([], [], marker="o", linestyle="", color=colormaps["tab10"](label), label=class_name)
-              for label, class_name in enumerate(class_names)]
-    ax.legend(handles=legend, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.legend(handles=class_markers(class_names), loc="center left", bbox_to_anchor=(1, 0.5))
 
 
 def plot_latent_scatter(out_dir, test_codes, labels, class_names, gaussians):
@@ -222,3 +226,48 @@ def plot_loss_curves(out_dir, checkpoints):
                                                                  else f"{reconstruction} + {beta:g} * KL"))
     ax.legend()
     save_figure(fig, out_dir / "loss_curves.png")
+
+
+def plot_anomaly(out_dir, results, inlier_scores, outlier_scores, dataset):
+    """Histograms of the test split's scores against each outlier set's, for the VAE's plain -L_k (top) and the
+    VAE's correction with the highest mean AUROC over the sets (bottom); the dashed line keeps 95% of the test split."""
+    corrections = [score for score in inlier_scores if score.startswith("vae_nll_minus")]
+    best = max(corrections, key=lambda score: sum(results[name][score]["auroc"] for name in results))
+    fig = Figure(figsize=(4 * len(results), 6.4), layout="constrained")
+    axes = fig.subplots(2, len(results), squeeze=False)
+    for row, score in enumerate(["vae_nll", best]):
+        for ax, (name, scores) in zip(axes[row], outlier_scores.items()):
+            bins = symmetric_log_bins(torch.cat([inlier_scores[score], scores[score]]))
+            ax.hist(inlier_scores[score].numpy(), bins=bins, alpha=0.6, label=f"{dataset} test")
+            ax.hist(scores[score].numpy(), bins=bins, alpha=0.6, label=name)
+            ax.axvline(results[name][score]["threshold"], color="black", linestyle="--")
+            ax.set_xscale("symlog", linthresh=SYMLOG_LINEAR_WIDTH)
+            ax.set_xlim(bins[0], bins[-1])
+            ax.set_title(f"{score}: AUROC {results[name][score]['auroc']:.2f}", fontsize=10)
+            ax.set_yticks([])
+            ax.legend(fontsize=8)
+    fig.suptitle(f"trained on {dataset}: scores in nats per image, higher = more unusual, on a log axis (linear within "
+                 f"±{SYMLOG_LINEAR_WIDTH:g});\ndashed: the threshold that keeps 95% of the test split")
+    save_figure(fig, out_dir / "anomaly.png")
+
+
+SYMLOG_LINEAR_WIDTH = 10.0  # nats
+
+
+def symmetric_log_bins(values, count=60):
+    """Histogram bins evenly spaced on a symmetric log axis, for scores that span orders of magnitude and
+    may be negative: even in sign(v) log(1 + |v| / SYMLOG_LINEAR_WIDTH) between the 0.2% and 99.8% quantiles."""
+    def squash(v):
+        return torch.sign(v) * torch.log1p(v.abs() / SYMLOG_LINEAR_WIDTH)
+    even = torch.linspace(float(squash(values.quantile(0.002))), float(squash(values.quantile(0.998))), count)
+    return (torch.sign(even) * SYMLOG_LINEAR_WIDTH * torch.expm1(even.abs())).numpy()
+
+
+def plot_decoder_draws(out_dir, draws, decoder):
+    """Each row one z ~ N(0, I): the mean of p(x|z), the image every other figure shows, then draws from p(x|z)."""
+    rows, columns = draws.shape[:2]
+    name = decoder["name"] + (f", sigma {decoder['sigma']:g}" if isinstance(decoder["sigma"], (int, float)) else "")
+    grid = make_grid(draws.flatten(0, 1).clamp(0, 1), nrow=columns, pad_value=1)
+    clipped = " (clipped to [0, 1] to show)" if decoder["name"] == "gaussian" else ""
+    show_grids(out_dir / "decoder_draws.png", {f"left: the mean of p(x|z); then {columns - 1} draws x ~ p(x|z){clipped}": grid},
+               f"VAE, {name} decoder: each row one z ~ N(0, I)")

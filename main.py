@@ -14,9 +14,10 @@ def main(argv=None):
     start = time.perf_counter()
     parser = evaluate.add_flags(train.make_parser(__doc__.splitlines()[0]))
     parser.add_argument("--cvae", action="store_true", help="also train the conditional VAE and evaluate it")
-    args = train.parse_flags(parser, argv)
+    args = train.parse_flags(parser, argv, evaluate.LOWEST)
     train.train(args, ["ae", "vae", "cvae"] if args.cvae else ["ae", "vae"])
-    evaluate.evaluate(args.out_dir, args.data_dir, args.device, args.seed, args.iw_samples, with_cvae=args.cvae)
+    evaluate.evaluate(args.out_dir, args.data_dir, args.device, args.seed, args.iw_samples, with_cvae=args.cvae,
+                      run_started=start)
     print(f"figures and metrics.json are in {args.out_dir}/ (README.md explains each one); "
           f"{time.perf_counter() - start:.0f} s in all")
 

@@ -9,10 +9,19 @@ Sample quality is judged by a small classifier trained on the same dataset:
                     features of these images and of the test split: the FID formula (Heusel et al.,
                     NeurIPS 2017) in a feature space made for digits (0 for identical statistics)
 
+Telling outliers from the training data by a score (higher: more unusual), and code lengths:
+  auroc             the chance that a random outlier scores above a random test image (ties count
+                    half): 1 separates them perfectly, 0.5 is a coin toss, below 0.5 is backwards
+  threshold_at      the score that keeps 95% of the test images; let_through: the outliers it keeps
+  compressed_bits   a lossless compressor's length of some bytes (zlib or lzma), the yardstick of a
+                    likelihood used as a code length; compressed_nats: each image's, 8-bit pixels
+
 Statistics run in float64 on the host (the CPU): some training devices (Apple's MPS) have no float64.
-This file imports only torch.
+This file imports only torch (and the standard library's compressors).
 """
+import lzma
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -164,3 +173,49 @@ def principal_directions(codes):
 def variance_share(variances, k=2):
     """The share of the codes' total variance that their top k principal directions hold."""
     return (variances[:k].sum() / variances.sum()).item()
+
+
+def auroc(inlier_scores, outlier_scores):
+    """The area under the ROC curve of flagging outliers by a higher score: the share of (outlier, inlier)
+    pairs in which the outlier scores higher, ties counted half (the Mann-Whitney U statistic), from ranks."""
+    scores = torch.cat([inlier_scores, outlier_scores]).detach().cpu().double()
+    ordered, order = scores.sort()
+    _, group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    average_ranks = (counts.cumsum(0) - (counts - 1) / 2).double()  # ranks from 1; tied scores share their mean rank
+    ranks = torch.empty_like(scores)
+    ranks[order] = average_ranks[group]
+    inliers, outliers = len(inlier_scores), len(outlier_scores)
+    return ((ranks[inliers:].sum() - outliers * (outliers + 1) / 2) / (inliers * outliers)).item()
+
+
+def threshold_at(inlier_scores, kept=0.95):
+    """The lowest score at or below which at least `kept` of the inliers fall: flag images that score above it."""
+    ordered = inlier_scores.detach().cpu().double().sort().values
+    return ordered[math.ceil(kept * len(ordered)) - 1].item()
+
+
+def let_through(outlier_scores, threshold):
+    """The share of outliers at or below the threshold: those not flagged."""
+    return (outlier_scores.detach().cpu().double() <= threshold).double().mean().item()
+
+
+def compressed_bits(data, compressor="zlib"):
+    """The length in bits of bytes compressed at the strongest setting, as a raw stream (no header, no checksum):
+    zlib's DEFLATE (the compressor inside PNG) or lzma's LZMA2 (inside .xz)."""
+    if compressor == "zlib":
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # wbits -15: the raw stream
+        return 8 * len(deflate.compress(data) + deflate.flush())
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    return 8 * len(lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters))
+
+
+def compressed_nats(images, compressor="zlib"):
+    """Each image's compressed length in nats, its pixels as 8-bit bytes (0 to 255), one image at a time."""
+    pixels = images.detach().flatten(1).mul(255).round().to(torch.uint8).cpu()
+    return torch.tensor([compressed_bits(row.numpy().tobytes(), compressor) for row in pixels], dtype=torch.float64) * math.log(2)
+
+
+def packed_pixels(images):
+    """0/1 images as bytes, 8 pixels a byte: (N, pixels / 8) uint8 on the host, what a compressor of binary images reads."""
+    bits = images.detach().flatten(1).cpu().to(torch.uint8).view(len(images), -1, 8)
+    return (bits << torch.arange(7, -1, -1, dtype=torch.uint8)).sum(2, dtype=torch.uint8)

@@ -16,10 +16,11 @@ measures how nearly.)
 
 Images are tensors of shape (N, 1, 28, 28) with pixel intensities in [0, 1]. The decoder outputs one
 logit per pixel, and a likelihood p(x|z) turns it into a distribution over images: its negative log is
-the reconstruction loss, in nats per image. The likelihood is one swappable piece (LIKELIHOODS below):
+the reconstruction loss, in nats per image. The likelihood is one swappable piece (LIKELIHOODS):
 the Bernoulli (binary cross-entropy), the continuous Bernoulli, or a Gaussian (squared error).
 
-This file imports only torch, so it can be copied on its own.
+Reading order: the models first (AE, the KL term, VAE, CVAE), then their parts: the encoder and
+decoder bodies, and the likelihoods. This file imports only torch, so it can be copied on its own.
 """
 import math
 
@@ -30,164 +31,6 @@ from torch import nn
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_PIXELS = 28 * 28
 LOG_2PI = math.log(2 * math.pi)
-
-
-# The bodies: label_dim is 0 for the AE and the VAE, the number of classes for the CVAE.
-
-def mlp_body(code_dim, latent_dim, label_dim, hidden_dim):
-    """Encoder 784 (+ labels) -> hidden_dim -> code_dim; decoder latent_dim (+ labels) -> hidden_dim -> 784 logits."""
-    encoder = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(IMAGE_PIXELS + label_dim, hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, code_dim),
-    )
-    decoder = nn.Sequential(
-        nn.Linear(latent_dim + label_dim, hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, IMAGE_PIXELS),
-        nn.Unflatten(1, IMAGE_SHAPE),
-    )
-    return encoder, decoder
-
-
-def conv_body(code_dim, latent_dim, label_dim, channels, hidden_dim):
-    """Encoder: two stride-2 convs 28 -> 14 -> 7 (the image plus one plane per label), then dense layers
-    to code_dim. Decoder: the mirror image, dense layers up to 7x7 maps, two transposed convs back to 28x28."""
-    maps = (2 * channels, 7, 7)
-    encoder = nn.Sequential(
-        nn.Conv2d(1 + label_dim, channels, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(2 * channels * 49, hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, code_dim),
-    )
-    decoder = nn.Sequential(
-        nn.Linear(latent_dim + label_dim, hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, 2 * channels * 49), nn.ReLU(),
-        nn.Unflatten(1, maps),
-        nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),
-    )
-    return encoder, decoder
-
-
-BODIES = {"mlp": mlp_body, "conv": conv_body}
-
-
-# The likelihood p(x|z): each pixel independent given the decoder's logit for it.
-
-class PixelLikelihood(nn.Module):
-    """log_prob(logits, x): log p(x|z) of each pixel. mean(logits): the image the model expects, E[x|z],
-    which decode() returns and the figures show. floor(images): the lowest -log p(x|z) any decoder output
-    reaches on these images, nats per image, or None where there is no such floor."""
-
-    def reconstruction_loss(self, logits, x):
-        """-log p(x|z) summed over pixels, mean over the batch: nats per image."""
-        return -self.log_prob(logits, x).sum() / len(x)
-
-    def floor(self, images):
-        return None
-
-
-class BernoulliPixels(PixelLikelihood):
-    """Each pixel is 1 with probability sigmoid(logit): -log p(x|z) is the binary cross-entropy (BCE).
-
-    Computed from logits, which avoids the log(0) that BCE on sigmoid outputs can hit. On grey pixels it
-    is not a normalised density (the continuous Bernoulli is), so its nats compare with its own runs only.
-    """
-
-    def log_prob(self, logits, x):
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-
-    def mean(self, logits):
-        return torch.sigmoid(logits)
-
-    def floor(self, images):
-        """The pixels' own entropy, -sum [x log x + (1 - x) log(1 - x)], reached at sigmoid(logit) = x."""
-        x = images.flatten(1).cpu().double()  # float64 on the host: MPS has none
-        return (-torch.special.xlogy(x, x) - torch.special.xlogy(1 - x, 1 - x)).sum(1).mean().item()
-
-
-class ContinuousBernoulliPixels(PixelLikelihood):
-    """The Bernoulli made a density on [0, 1] (Loaiza-Ganem and Cunningham, NeurIPS 2019):
-    p(x) = C lambda^x (1 - lambda)^(1 - x), lambda = sigmoid(logit), normalised by C = logit / tanh(logit / 2).
-
-    Its mean is not lambda: lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)), pulled towards 1/2.
-    decode() shows that mean, the image the model expects, so that its pixels and its squared error
-    compare with the other likelihoods'; lambda would look sharper than what the model predicts. A pixel
-    of exactly 0 or 1 has unbounded density as lambda -> 0 or 1, so there is no floor.
-    """
-
-    def log_prob(self, logits, x):
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none") + self.log_normaliser(logits)
-
-    @staticmethod
-    def log_normaliser(logits):
-        """log C = log(logit / tanh(logit / 2)); near logit = 0, where that is 0/0, its series log(2 + logit^2 / 6)."""
-        near_zero = logits.abs() < 1e-2
-        safe = torch.where(near_zero, torch.ones_like(logits), logits)  # keeps the unused branch's gradient finite
-        return torch.where(near_zero, torch.log(2 + logits.pow(2) / 6), torch.log(safe / torch.tanh(safe / 2)))
-
-    def mean(self, logits):
-        """lambda / tanh(logit / 2) - 1 / logit (as 2 lambda - 1 = tanh(logit / 2)); near 0, 1/2 + logit / 12 - logit^3 / 720."""
-        near_zero = logits.abs() < 0.1
-        safe = torch.where(near_zero, torch.ones_like(logits), logits)
-        series = 0.5 + logits / 12 - logits.pow(3) / 720
-        return torch.where(near_zero, series, torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe)
-
-
-class GaussianPixels(PixelLikelihood):
-    """Each pixel ~ N(sigmoid(logit), sigma^2), one sigma for all D = 784 pixels:
-
-        -log p(x|z) = SSE / (2 sigma^2) + (D/2) log(2 pi sigma^2),   SSE = sum of squared errors
-
-    So F.mse_loss(x_hat, x, reduction="sum") is this at sigma^2 = 1/2, less a constant, and the mean over
-    pixels (mse_loss's default) is sigma^2 = D/2: sigma weighs reconstruction against the VAE's KL term,
-    a beta in disguise. sigma="learned" trains one log sigma with the model; it settles where sigma^2 is
-    the mean squared error (the sigma-VAE: Rybkin et al., ICML 2021).
-    """
-
-    def __init__(self, sigma):
-        super().__init__()
-        if sigma == "learned":
-            self.log_sigma = nn.Parameter(torch.zeros(()))
-        elif isinstance(sigma, (int, float)) and 0 < sigma < math.inf:
-            self.register_buffer("log_sigma", torch.tensor(math.log(sigma)), persistent=False)
-        else:
-            raise ValueError(f"sigma must be a positive number or 'learned', got {sigma!r}")
-        self.learned = sigma == "learned"
-
-    def log_prob(self, logits, x):
-        return -0.5 * ((x - torch.sigmoid(logits)) / self.log_sigma.exp()).pow(2) - self.log_sigma - 0.5 * LOG_2PI
-
-    def mean(self, logits):
-        return torch.sigmoid(logits)
-
-    def floor(self, images):
-        """A perfect reconstruction costs (D/2) log(2 pi sigma^2); a learned sigma has none (sigma -> 0)."""
-        return None if self.learned else images[0].numel() * (self.log_sigma.item() + 0.5 * LOG_2PI)
-
-
-LIKELIHOODS = {"bernoulli": BernoulliPixels, "continuous-bernoulli": ContinuousBernoulliPixels, "gaussian": GaussianPixels}
-
-
-def make_likelihood(decoder, sigma=None):
-    """The likelihood named by decoder; sigma is the Gaussian's (a number or "learned") and no other's."""
-    if decoder not in LIKELIHOODS:
-        raise ValueError(f"unknown decoder {decoder!r}; choose from {sorted(LIKELIHOODS)}")
-    if decoder == "gaussian":
-        return GaussianPixels(sigma)
-    if sigma is not None:
-        raise ValueError(f"sigma belongs to the gaussian decoder; the {decoder} decoder has none")
-    return LIKELIHOODS[decoder]()
-
-
-def kl_divergence(mu, logvar):
-    """KL(N(mu, sigma^2) || N(0, I)) in closed form, summed over latent dims, per image.
-
-    For each dimension the KL is 0.5 * (mu^2 + sigma^2 - log sigma^2 - 1). It is zero only at
-    mu = 0, sigma = 1, so it pulls every code towards the prior that we sample from.
-    """
-    return 0.5 * torch.sum(mu.pow(2) + logvar.exp() - logvar - 1, dim=1)
 
 
 # The models. y, the labels, is the CVAE's: the AE and the VAE take it and ignore it, so that one
@@ -242,6 +85,15 @@ class AE(nn.Module):
     def loss(self, x, y=None):
         """-log p(x|z) at z = encode(x): the reconstruction alone, nats per image."""
         return self.likelihood.reconstruction_loss(self.decode_logits(self.encode(x, y), y), x)
+
+
+def kl_divergence(mu, logvar):
+    """KL(N(mu, sigma^2) || N(0, I)) in closed form, summed over latent dims, per image.
+
+    For each dimension the KL is 0.5 * (mu^2 + sigma^2 - log sigma^2 - 1). It is zero only at
+    mu = 0, sigma = 1, so it pulls every code towards the prior that we sample from.
+    """
+    return 0.5 * torch.sum(mu.pow(2) + logvar.exp() - logvar - 1, dim=1)
 
 
 class VAE(AE):
@@ -323,3 +175,171 @@ class CVAE(VAE):
 
     def decode_logits(self, z, y):
         return super().decode_logits(torch.cat([z, self.one_hot(y, z)], dim=1))
+
+
+# The parts. The bodies: label_dim is 0 for the AE and the VAE, the number of classes for the CVAE.
+
+def mlp_body(code_dim, latent_dim, label_dim, hidden_dim):
+    """Encoder 784 (+ labels) -> hidden_dim -> code_dim; decoder latent_dim (+ labels) -> hidden_dim -> 784 logits."""
+    encoder = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(IMAGE_PIXELS + label_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, code_dim),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim + label_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, IMAGE_PIXELS),
+        nn.Unflatten(1, IMAGE_SHAPE),
+    )
+    return encoder, decoder
+
+
+def conv_body(code_dim, latent_dim, label_dim, channels, hidden_dim):
+    """Encoder: two stride-2 convs 28 -> 14 -> 7 (the image plus one plane per label), then dense layers
+    to code_dim. Decoder: the mirror image, dense layers up to 7x7 maps, two transposed convs back to 28x28."""
+    maps = (2 * channels, 7, 7)
+    encoder = nn.Sequential(
+        nn.Conv2d(1 + label_dim, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 49, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, code_dim),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim + label_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, 2 * channels * 49), nn.ReLU(),
+        nn.Unflatten(1, maps),
+        nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),
+    )
+    return encoder, decoder
+
+
+BODIES = {"mlp": mlp_body, "conv": conv_body}
+
+
+# The likelihood p(x|z): each pixel independent given the decoder's logit for it.
+
+class PixelLikelihood(nn.Module):
+    """log_prob(logits, x): log p(x|z) of each pixel. mean(logits): the image the model expects, E[x|z],
+    which decode() returns and the figures show. sample(logits): images drawn from p(x|z), pixel by pixel.
+    floors(images): for each image, the lowest -log p(x|z) any decoder output reaches on it, in nats (float64,
+    on the host), or None where there is no such floor; floor(images): their mean."""
+
+    def reconstruction_loss(self, logits, x):
+        """-log p(x|z) summed over pixels, mean over the batch: nats per image."""
+        return -self.log_prob(logits, x).sum() / len(x)
+
+    def floors(self, images):
+        return None
+
+    def floor(self, images):
+        floors = self.floors(images)
+        return None if floors is None else floors.mean().item()
+
+
+class BernoulliPixels(PixelLikelihood):
+    """Each pixel is 1 with probability sigmoid(logit): -log p(x|z) is the binary cross-entropy (BCE).
+
+    Computed from logits, which avoids the log(0) that BCE on sigmoid outputs can hit. On grey pixels it
+    is not a normalised density (the continuous Bernoulli is), so its nats compare with its own runs only.
+    """
+
+    def log_prob(self, logits, x):
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+    def mean(self, logits):
+        return torch.sigmoid(logits)
+
+    def sample(self, logits):
+        return torch.distributions.Bernoulli(logits=logits).sample()
+
+    def floors(self, images):
+        """The pixels' own entropy, -sum [x log x + (1 - x) log(1 - x)], reached at sigmoid(logit) = x."""
+        x = images.flatten(1).cpu().double()  # float64 on the host: MPS has none
+        return (-torch.special.xlogy(x, x) - torch.special.xlogy(1 - x, 1 - x)).sum(1)
+
+
+class ContinuousBernoulliPixels(PixelLikelihood):
+    """The Bernoulli made a density on [0, 1] (Loaiza-Ganem and Cunningham, NeurIPS 2019):
+    p(x) = C lambda^x (1 - lambda)^(1 - x), lambda = sigmoid(logit), normalised by C = logit / tanh(logit / 2).
+
+    Its mean is not lambda: lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)), pulled towards 1/2.
+    decode() shows that mean, the image the model expects, so that its pixels and its squared error
+    compare with the other likelihoods'; lambda would look sharper than what the model predicts. A pixel
+    of exactly 0 or 1 has unbounded density as lambda -> 0 or 1, so there is no floor.
+    """
+
+    def log_prob(self, logits, x):
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none") + self.log_normaliser(logits)
+
+    @staticmethod
+    def log_normaliser(logits):
+        """log C = log(logit / tanh(logit / 2)); near logit = 0, where that is 0/0, its series log(2 + logit^2 / 6)."""
+        near_zero = logits.abs() < 1e-2
+        safe = torch.where(near_zero, torch.ones_like(logits), logits)  # keeps the unused branch's gradient finite
+        return torch.where(near_zero, torch.log(2 + logits.pow(2) / 6), torch.log(safe / torch.tanh(safe / 2)))
+
+    def mean(self, logits):
+        """lambda / tanh(logit / 2) - 1 / logit (as 2 lambda - 1 = tanh(logit / 2)); near 0, 1/2 + logit / 12 - logit^3 / 720."""
+        near_zero = logits.abs() < 0.1
+        safe = torch.where(near_zero, torch.ones_like(logits), logits)
+        series = 0.5 + logits / 12 - logits.pow(3) / 720
+        return torch.where(near_zero, series, torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe)
+
+    def sample(self, logits):
+        return torch.distributions.ContinuousBernoulli(logits=logits).sample()
+
+
+class GaussianPixels(PixelLikelihood):
+    """Each pixel ~ N(sigmoid(logit), sigma^2), one sigma for all D = 784 pixels:
+
+        -log p(x|z) = SSE / (2 sigma^2) + (D/2) log(2 pi sigma^2),   SSE = sum of squared errors
+
+    So F.mse_loss(x_hat, x, reduction="sum") is this at sigma^2 = 1/2, less a constant, and the mean over
+    pixels (mse_loss's default) is sigma^2 = D/2: sigma weighs reconstruction against the VAE's KL term,
+    a beta in disguise. sigma="learned" trains one log sigma with the model; it settles where sigma^2 is
+    the mean squared error (the sigma-VAE: Rybkin et al., ICML 2021).
+    """
+
+    def __init__(self, sigma):
+        super().__init__()
+        if sigma == "learned":
+            self.log_sigma = nn.Parameter(torch.zeros(()))
+        elif isinstance(sigma, (int, float)) and 0 < sigma < math.inf:
+            self.register_buffer("log_sigma", torch.tensor(math.log(sigma)), persistent=False)
+        else:
+            raise ValueError(f"sigma must be a positive number or 'learned', got {sigma!r}")
+        self.learned = sigma == "learned"
+
+    def log_prob(self, logits, x):
+        return -0.5 * ((x - torch.sigmoid(logits)) / self.log_sigma.exp()).pow(2) - self.log_sigma - 0.5 * LOG_2PI
+
+    def mean(self, logits):
+        return torch.sigmoid(logits)
+
+    def sample(self, logits):
+        """Draws are not clipped to [0, 1]: the Gaussian puts mass outside, as the loss assumes."""
+        return torch.distributions.Normal(torch.sigmoid(logits), self.log_sigma.exp()).sample()
+
+    def floor(self, images):
+        """A perfect reconstruction costs (D/2) log(2 pi sigma^2); a learned sigma has none (sigma -> 0)."""
+        return None if self.learned else images[0].numel() * (self.log_sigma.item() + 0.5 * LOG_2PI)
+
+    def floors(self, images):
+        floor = self.floor(images)
+        return None if floor is None else torch.full((len(images),), floor, dtype=torch.float64)
+
+
+LIKELIHOODS = {"bernoulli": BernoulliPixels, "continuous-bernoulli": ContinuousBernoulliPixels, "gaussian": GaussianPixels}
+
+
+def make_likelihood(decoder, sigma=None):
+    """The likelihood named by decoder; sigma is the Gaussian's (a number or "learned") and no other's."""
+    if decoder not in LIKELIHOODS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose from {sorted(LIKELIHOODS)}")
+    if decoder == "gaussian":
+        return GaussianPixels(sigma)
+    if sigma is not None:
+        raise ValueError(f"sigma belongs to the gaussian decoder; the {decoder} decoder has none")
+    return LIKELIHOODS[decoder]()

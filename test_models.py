@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
 from matplotlib.backend_bases import MouseEvent
 from matplotlib.figure import Figure
 from torch.distributions import Bernoulli, ContinuousBernoulli, Normal, kl_divergence
@@ -27,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torchvision import datasets
 
+import anomaly
 import evaluate
 import figures
 import main
@@ -39,7 +41,7 @@ import train
 HERE = Path(__file__).parent
 FIGURES = ["samples.png", "samples_ae.png", "samples_vae.png", "interpolation.png", "interpolation_ae.png",
            "interpolation_vae.png", "interpolation_vae.gif", "latent_scatter.png", "reconstructions.png",
-           "traversal_vae.png", "loss_curves.png", "on_demand.png", "metrics.json"]
+           "traversal_vae.png", "loss_curves.png", "on_demand.png", "anomaly.png", "decoder_draws.png", "metrics.json"]
 SAMPLE_NAMES = {"train_images", "ae_prior", "ae_fitted", "ae_mixture", "ae_reconstructions", "ae_midpoints",
                 "vae_prior", "vae_fitted", "vae_mixture", "vae_reconstructions", "vae_midpoints",
                 "vae_fitted_z", "vae_mixture_z"}
@@ -52,9 +54,9 @@ def write_idx(path, array):
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_tiny_mnist(root, folder="MNIST", train_size=200, test_size=60):
+def write_tiny_mnist(root, folder="MNIST", train_size=200, test_size=60, seed=0):
     """Ten blurry class templates plus noise, every class in both splits, in <root>/<folder>/raw/."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     templates = rng.random((10, 28, 28)) ** 3
     raw = root / folder / "raw"
     raw.mkdir(parents=True)
@@ -74,9 +76,15 @@ def fewer_scored_samples():
         yield
 
 
+def write_both_datasets(root):
+    """Tiny MNIST and tiny Fashion-MNIST (other templates): each run scores the other dataset as outliers."""
+    write_tiny_mnist(root, folder="FashionMNIST", seed=1)
+    return write_tiny_mnist(root)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    return write_tiny_mnist(tmp_path_factory.mktemp("data"))
+    return write_both_datasets(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")
@@ -284,12 +292,135 @@ def test_em_is_deterministic_for_a_seed():
     assert torch.equal(first.means, again.means) and first.iterations == again.iterations
 
 
+def test_several_em_starts_keep_the_fit_with_the_best_likelihood():
+    torch.manual_seed(0)
+    codes = torch.cat([torch.randn(300, 2) + torch.tensor(centre) for centre in ([0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0])])
+    several = priors.GaussianMixture(codes, components=6, starts=5, seed=1)
+    assert several.starts == 5 and len(several.start_log_likelihoods) == 5
+    assert len(set(several.start_log_likelihoods)) > 1  # the starts end in different places ...
+    assert several.log_likelihood == max(several.start_log_likelihoods)  # ... and the best is kept
+    first = priors.GaussianMixture(codes, components=6, starts=1, seed=1)  # the first start alone
+    assert several.start_log_likelihoods[0] == first.log_likelihood
+    x = codes.double() - several.centre  # the kept parameters are the best fit's: its E step gives its likelihood
+    log_joint = several.log_weights + priors.component_log_densities(x, priors.pair_products(x), several.means, several.scales)
+    assert torch.logsumexp(log_joint, 1).mean().item() >= several.log_likelihood - 1e-3
+
+
+def test_the_fitted_gaussian_log_density_is_torch_distributions():
+    torch.manual_seed(0)
+    codes = torch.randn(1000, 3) @ torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [-1.0, 0.3, 0.2]]) + 1
+    gaussian, z = priors.Gaussian(codes), torch.randn(7, 3)
+    expected = torch.distributions.MultivariateNormal(gaussian.mean, gaussian.covariance).log_prob(z.double())
+    torch.testing.assert_close(gaussian.log_prob(z), expected)
+
+
 def test_densities_fit_codes_collapsed_onto_one_point():
     codes = torch.full((300, 4), 0.25)  # a VAE whose codes all sit at the prior's mean, whatever the input
     for density in (priors.Gaussian(codes), priors.GaussianMixture(codes, components=3)):
         draws = density.sample(1000)
         assert torch.isfinite(draws).all()
         torch.testing.assert_close(draws.mean(0), codes[0], atol=0.01, rtol=0)
+
+
+# Outliers and code lengths.
+
+def test_auroc_is_the_pairwise_count_with_ties_counted_half():
+    torch.manual_seed(0)
+    inliers, outliers = torch.randint(0, 5, (40,)).double(), torch.randint(2, 7, (30,)).double()  # many ties
+    pairs = (outliers[:, None] > inliers[None, :]).double() + 0.5 * (outliers[:, None] == inliers[None, :]).double()
+    assert metrics.auroc(inliers, outliers) == pytest.approx(pairs.mean().item())
+    assert metrics.auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 1
+    assert metrics.auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 0
+    assert metrics.auroc(torch.ones(5), torch.ones(3)) == 0.5
+
+
+def test_the_threshold_keeps_95_percent_and_the_rest_are_let_through():
+    inliers = torch.arange(1.0, 101.0)[torch.randperm(100)]
+    threshold = metrics.threshold_at(inliers, 0.95)
+    assert threshold == 95 and (inliers <= threshold).double().mean() == 0.95
+    assert metrics.threshold_at(torch.arange(1.0, 11.0), 0.95) == 10  # 95% of 10 images: all 10 kept
+    assert metrics.let_through(torch.tensor([10.0, 94.0, 95.0, 96.0, 200.0]), threshold) == pytest.approx(3 / 5)
+
+
+def test_per_image_floors_are_the_pixel_entropy():
+    x = images(5).clamp(0.01, 0.99)
+    floors = models.BernoulliPixels().floors(x)
+    entropy = torch.distributions.Bernoulli(probs=x.double()).entropy().flatten(1).sum(1)
+    torch.testing.assert_close(floors, entropy)
+    assert models.BernoulliPixels().floor(x) == pytest.approx(entropy.mean().item())
+    gaussian = models.GaussianPixels(0.5)
+    torch.testing.assert_close(gaussian.floors(x), torch.full((5,), gaussian.floor(x), dtype=torch.float64))
+    assert models.GaussianPixels("learned").floors(x) is None and models.ContinuousBernoulliPixels().floors(x) is None
+
+
+def test_compressed_lengths_are_the_compressors_own():
+    import lzma
+    import zlib
+    x = (images(3) > 0.7).float() * images(3)
+    for row, nats in zip(x, metrics.compressed_nats(x)):
+        data = row.flatten().mul(255).round().to(torch.uint8).numpy().tobytes()
+        raw_deflate = len(zlib.compress(data, 9)) - 6  # zlib's stream is a 2-byte header, DEFLATE, a 4-byte checksum
+        assert nats.item() == pytest.approx(8 * raw_deflate * math.log(2))
+    data = bytes(range(256)) * 4
+    assert metrics.compressed_bits(data, "lzma") < 8 * len(data)
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+    assert metrics.compressed_bits(data, "lzma") == 8 * len(packed)
+    assert lzma.decompress(packed, format=lzma.FORMAT_RAW, filters=filters) == data
+
+
+def test_packed_pixels_hold_eight_pixels_a_byte():
+    binary = (images(2) > 0.5).float()
+    packed = metrics.packed_pixels(binary)
+    assert packed.shape == (2, 98) and packed.dtype == torch.uint8
+    unpacked = (packed[:, :, None] >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1
+    assert torch.equal(unpacked.flatten(1).float(), binary.flatten(1))
+
+
+@torch.no_grad()
+def test_outlier_scores_are_the_direct_computation():
+    torch.manual_seed(0)
+    ae, vae, x = models.AE().eval(), models.VAE().eval(), images(6)
+    code_density = priors.Gaussian(torch.randn(500, 20))
+    scores = anomaly.outlier_scores(ae, x, code_density=code_density)
+    logits = ae.decode_logits(ae.encode(x))
+    nll = -Bernoulli(logits=logits, validate_args=False).log_prob(x).flatten(1).sum(1).double()
+    torch.testing.assert_close(scores["ae_nll"], nll)
+    torch.testing.assert_close(scores["ae_squared_error"], (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1).double())
+    torch.testing.assert_close(scores["ae_nll_minus_floor"], nll - ae.likelihood.floors(x))
+    torch.testing.assert_close(scores["ae_nll_minus_zlib"], nll - metrics.compressed_nats(x))
+    torch.testing.assert_close(scores["ae_code_nll"], -code_density.log_prob(ae.encode(x)))
+    bound = metrics.importance_weighted_bound(vae, x, 10)
+    scores = anomaly.outlier_scores(vae, x, log_likelihood_bound=bound)
+    assert set(scores) == {"vae_negative_elbo", "vae_nll", "vae_kl", "vae_nll_minus_floor", "vae_nll_minus_zlib"}
+    torch.testing.assert_close(scores["vae_nll"], -bound.double())
+    torch.testing.assert_close(scores["vae_kl"], models.kl_divergence(*vae.encode(x)).double())
+    assert (scores["vae_negative_elbo"] > scores["vae_kl"]).all()
+    assert "vae_nll_minus_floor" not in anomaly.outlier_scores(models.VAE(decoder="continuous-bernoulli"), x)
+
+
+def test_each_likelihood_draws_images_from_p_x_given_z():
+    torch.manual_seed(0)
+    logits = torch.linspace(-3, 3, 7).repeat(20_000, 1)
+    for likelihood in (models.BernoulliPixels(), models.ContinuousBernoulliPixels(), models.GaussianPixels(0.3)):
+        draws = likelihood.sample(logits)
+        torch.testing.assert_close(draws.mean(0), likelihood.mean(logits[0]), atol=0.01, rtol=0)
+    assert set(models.BernoulliPixels().sample(logits).unique().tolist()) == {0.0, 1.0}
+    assert (models.ContinuousBernoulliPixels().sample(logits) - 0.5).abs().max() <= 0.5
+    torch.testing.assert_close(models.GaussianPixels(0.3).sample(logits).std(0), torch.full((7,), 0.3), atol=0.01, rtol=0)
+
+
+def test_without_the_other_dataset_the_outlier_step_says_so_in_one_line_and_goes_on(trained_dir, tmp_path, monkeypatch, capsys):
+    no_download(monkeypatch)
+    mnist_only = write_tiny_mnist(tmp_path / "data")
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(trained_dir / name, tmp_path / name)
+    evaluate.evaluate(tmp_path, mnist_only, "cpu", seed=0)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(report["anomaly"]) == {"inverted", "noise"}
+    lines = [line for line in capsys.readouterr().out.splitlines() if "outliers are skipped" in line]
+    assert len(lines) == 1 and lines[0].startswith("the fashion-mnist outliers are skipped")
+    assert "cannot read or download fashion-mnist" in lines[0]
 
 
 # The likelihood: the importance-weighted bound L_k and active units.
@@ -592,6 +723,20 @@ def test_metrics_json_has_its_keys(trained_dir, data_dir):
         assert 0 <= score["recognisable"] <= 1 and 0 <= score["coverage"] <= 1 + 1e-9 and score["frechet_distance"] >= -1e-6
     assert set(report["latent_codes"]) == {"ae", "vae"}
     assert all(0 < report["latent_codes"][name]["top2_pca_variance_share"] <= 1 for name in ("ae", "vae"))
+    assert report["mixture"] == evaluate.MIXTURE and report["mixture"]["starts"] > 1
+    assert set(report["anomaly"]) == {"fashion-mnist", "inverted", "noise"}
+    expected_scores = {f"{model}_{score}" for model, scores in [
+        ("ae", ["nll", "squared_error", "nll_minus_floor", "nll_minus_zlib", "code_nll"]),
+        ("vae", ["negative_elbo", "nll", "kl", "nll_minus_floor", "nll_minus_zlib", "code_nll"])] for score in scores}
+    for outlier_set, results in report["anomaly"].items():
+        assert set(results) == expected_scores, outlier_set
+        for score, result in results.items():
+            assert set(result) == {"auroc", "fpr_at_95", "threshold"}
+            assert 0 <= result["auroc"] <= 1 and 0 <= result["fpr_at_95"] <= 1
+            assert result["threshold"] == report["anomaly"]["noise"][score]["threshold"]  # it keeps 95% of the test split alone
+    assert report["anomaly"]["noise"]["vae_nll"]["auroc"] > 0.9  # noise is far from even two epochs' worth of digits
+    assert report["anomaly_setup"] == {"test_images": 60, "images_per_outlier_set": 60, "kept": 0.95, "iw_samples": 50}
+    assert "compression" not in report and report["main_seconds"] >= report["evaluate_seconds"] > 0
     for name in ("ae", "vae"):
         on_demand = report["on_demand"][name]
         assert set(on_demand) == {"hit", "assigned", "per_class_hit", "frechet_distance"}
@@ -607,7 +752,7 @@ def test_two_dimensional_latents_add_the_manifold(data_dir, tmp_path):
 
 
 def test_conv_fashion_mnist_runs_end_to_end(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "data", folder="FashionMNIST")
+    data_dir = write_both_datasets(tmp_path / "data")
     out_dir = tmp_path / "results"
     main.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--epochs", "1", "--device", "cpu",
                "--arch", "conv", "--dataset", "fashion-mnist", "--beta", "4"])
@@ -625,6 +770,21 @@ def test_binarized_runs_train_and_test_on_binary_pixels(data_dir, tmp_path):
     assert report["data"]["binarized"] is True and report["data"]["test_pixel_entropy"] == 0
     assert report["ae"]["binarize"] is True and report["vae"]["binarize"] is True
     assert -report["vae"]["test_log_likelihood"] < report["vae"]["test_negative_elbo"]
+    bits = report["compression"]["bits_per_digit"]
+    assert report["compression"]["pixels_per_digit"] == 784
+    assert bits["vae_nll_bound"] == pytest.approx(-report["vae"]["test_log_likelihood"] / math.log(2))
+    assert bits["vae_negative_elbo"] == pytest.approx(report["vae"]["test_negative_elbo"] / math.log(2))
+    test_inputs = train.binarize_once(train.load_split("mnist", data_dir, False, "cpu")[0])
+    packed = metrics.packed_pixels(test_inputs).numpy()
+    assert bits["zlib_whole_split"] == 8 * len(zlib_raw(packed.tobytes())) / 60
+    assert bits["zlib_per_digit"] == pytest.approx(np.mean([8 * len(zlib_raw(row.tobytes())) for row in packed]))
+    assert 0 < bits["lzma_whole_split"] and 0 < bits["lzma_per_digit"]
+
+
+def zlib_raw(data):
+    """zlib at level 9 without its 2-byte header and 4-byte checksum: the raw DEFLATE stream."""
+    import zlib
+    return zlib.compress(data, 9)[2:-4]
 
 
 def test_evaluation_is_deterministic_for_a_seed(data_dir, trained_dir):
@@ -699,6 +859,17 @@ def test_bad_flags_are_refused_by_argparse(flags, message, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("usage: ") and message in error.strip().splitlines()[-1]
+
+
+def test_each_script_checks_its_own_flags_and_train_py_only_its_own(capsys):
+    import benchmark
+    train_flags = {action.dest for action in train.make_parser("train.py")._actions}
+    assert set(train.LOWEST) <= train_flags  # a lifted train.py checks no other script's flags
+    for script, flags, message in [(evaluate, ["--iw-samples", "0"], "--iw-samples must be at least 1"),
+                                    (benchmark, ["--rounds", "0"], "--rounds must be at least 1")]:
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(flags)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def current_accelerator():
@@ -1094,7 +1265,7 @@ def test_evaluation_with_a_cvae_adds_its_rows_and_figure(cvae_dir, data_dir, tmp
     cvae = report["cvae"]
     assert cvae["config"] == models.CVAE().config and cvae["epochs"] == 2
     assert -cvae["test_log_likelihood"] < cvae["test_negative_elbo"] and 0 < cvae["test_reconstruction_mse"] < 1
-    for key in ("samples", "on_demand", "latent_codes", "classifier"):  # the CVAE's draws come after every other
+    for key in ("samples", "on_demand", "latent_codes", "classifier", "anomaly"):  # the CVAE's draws come after every other
         assert {k: v for k, v in report[key].items() if k in before[key]} == before[key], key
 
 
@@ -1199,6 +1370,10 @@ def test_the_explorer_decodes_the_point_clicked_with_the_other_coordinates_at_th
         expected = model.decode(z.float()[None], label)[0, 0]
         torch.testing.assert_close(torch.as_tensor(explorer.images[name].get_array()), expected, msg=name)
     assert list(explorer.markers["ae"].get_data()[0]) == pytest.approx([u])
+    legend = explorer.figure.legends[0]  # which colour is which digit
+    assert [text.get_text() for text in legend.get_texts()] == datasets.MNIST.classes
+    colours = [line.get_color() for line in legend.get_lines()]
+    assert colours == [colormaps["tab10"](label) for label in range(10)]
 
 
 @torch.no_grad()

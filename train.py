@@ -279,7 +279,7 @@ MODEL_DEFAULTS = {name: parameter.default for model in MODELS.values()
                   for name, parameter in inspect.signature(model).parameters.items()
                   if parameter.default is not inspect.Parameter.empty}
 LOWEST = {"epochs": 1, "batch_size": 1, "latent_dim": 2, "mlp_hidden_dim": 1, "conv_channels": 1, "conv_hidden_dim": 1,
-          "beta": 0, "iw_samples": 1, "rounds": 1}
+          "beta": 0}
 
 
 def sigma_value(text):
@@ -295,10 +295,11 @@ def sigma_value(text):
     return value
 
 
-def parse_flags(parser, argv=None):
-    """parser.parse_args, then argparse's own usage-and-error (exit status 2) for values no run can use."""
+def parse_flags(parser, argv=None, lowest=None):
+    """parser.parse_args, then argparse's own usage-and-error (exit status 2) for values no run can use.
+    lowest: the least value of each flag a script adds, beside LOWEST."""
     args = parser.parse_args(argv)
-    for name, lowest in LOWEST.items():
+    for name, lowest in {**LOWEST, **(lowest or {})}.items():
         if not getattr(args, name, lowest) >= lowest:  # "not >=" also refuses nan
             parser.error(f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}")
     if not getattr(args, "lr", 1) > 0:
