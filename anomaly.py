@@ -91,7 +91,7 @@ def outlier_sets(dataset, data_dir, test_inputs, binarize, count):
 def detect_outliers(pair, test_inputs, test_bound, code_densities, dataset, data_dir, binarize, iw_samples):
     """The test split against each outlier set: for each set and score, its AUROC, the threshold that keeps
     95% of the test images, and the share of that set's images it lets through (fpr_at_95).
-    Returns (results, the test split's scores, each set's scores)."""
+    Returns ({"anomaly": those results, "anomaly_setup": how many images}, the test split's scores, each set's)."""
     count = min(OUTLIERS_PER_SET, len(test_inputs))
     sets = outlier_sets(dataset, data_dir, test_inputs, binarize, count)
 
@@ -107,4 +107,5 @@ def detect_outliers(pair, test_inputs, test_bound, code_densities, dataset, data
             threshold = metrics.threshold_at(inlier[score], KEPT)
             results[set_name][score] = {"auroc": metrics.auroc(inlier[score], values),
                                         "fpr_at_95": metrics.let_through(values, threshold), "threshold": threshold}
-    return results, inlier, outliers
+    setup = {"test_images": len(test_inputs), "images_per_outlier_set": count, "kept": KEPT, "iw_samples": iw_samples}
+    return {"anomaly": results, "anomaly_setup": setup}, inlier, outliers

@@ -82,7 +82,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         fit["vae"].update(vae_fit)
         decoder = decoder_report(pair["vae"], test_inputs)
         pixel_entropy = models.BernoulliPixels().floor(test_inputs)
-        extra = {"compression": compression(test_bound, vae_fit["test_negative_elbo"], test_inputs)} if binarize else {}
+        code_length = {"compression": compression(test_bound, vae_fit["test_negative_elbo"], test_inputs)} if binarize else {}
         # 5. The VAE's densities refitted to z ~ q(z|x).
         sampled_codes = sampled_vae_codes(pair["vae"], train_inputs, train_labels)
         scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference))
@@ -104,7 +104,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             on_demand_shown.update(cvae_shown)
         # 9. Outliers.
         torch.manual_seed(seed)
-        outliers, inlier_scores, outlier_scores = anomaly.detect_outliers(
+        outlier_report, inlier_scores, outlier_scores = anomaly.detect_outliers(
             pair, test_inputs, test_bound, gaussians, dataset, data_dir, binarize, iw_samples)
         # 10. Draws from p(x|z).
         torch.manual_seed(seed)
@@ -122,7 +122,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         if "cvae" in loaded:
             figures.plot_style(out_dir, cvae, test_inputs, test_labels, class_names)
         figures.plot_loss_curves(out_dir, checkpoints)
-        figures.plot_anomaly(out_dir, outliers, inlier_scores, outlier_scores, dataset)
+        figures.plot_anomaly(out_dir, outlier_report["anomaly"], inlier_scores, outlier_scores, dataset)
         figures.plot_decoder_draws(out_dir, decoder_draws, decoder)
         write_metrics(out_dir, loaded, checkpoints, fit, {
             "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": pixel_entropy},
@@ -133,10 +133,8 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             "latent_codes": spread,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mixture": MIXTURE,
-            "anomaly": outliers,
-            "anomaly_setup": {"test_images": len(test_inputs), "images_per_outlier_set": len(next(iter(outlier_scores.values()))["ae_nll"]),
-                              "kept": anomaly.KEPT, "iw_samples": iw_samples},
-            **extra,
+            **outlier_report,
+            **code_length,
             "evaluate_seconds": time.perf_counter() - start,
             **({"main_seconds": time.perf_counter() - run_started} if run_started is not None else {})})
 

@@ -205,7 +205,8 @@ def compressed_bits(data, compressor="zlib"):
     if compressor == "zlib":
         deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # wbits -15: the raw stream
         return 8 * len(deflate.compress(data) + deflate.flush())
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    dictionary = max(4096, len(data))  # preset 9 alone sets up 64 MiB per call; no match reaches further than the data
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dictionary}]
     return 8 * len(lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters))
 
 

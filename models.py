@@ -1,7 +1,7 @@
 """A paired autoencoder (AE) and variational autoencoder (VAE) for 28x28 images, and the conditional
 VAE (CVAE) that is also told each image's label.
 
-The models use the same encoder and decoder bodies and the same latent size. They differ only in the
+The models use the same encoder and decoder networks and the same latent size. They differ only in the
 bottleneck:
 
     AE:   x -> encoder -> z                                  -> decoder -> x_hat
@@ -39,10 +39,10 @@ LOG_2PI = math.log(2 * math.pi)
 class AE(nn.Module):
     """Deterministic autoencoder: x -> z -> x_hat, trained on reconstruction alone.
 
-    latent_dim: the size of z. arch: the bodies, "mlp" (one hidden layer of mlp_hidden_dim) or "conv"
-    (conv_channels, then 2 * conv_channels maps, and a dense layer of conv_hidden_dim). decoder and
-    sigma: the likelihood p(x|z) (LIKELIHOODS). Every argument is kept in self.config, and a checkpoint
-    holds it: type(model)(**model.config) rebuilds the model.
+    latent_dim: the size of z. arch: the encoder and decoder networks (BODIES below), "mlp" (one hidden
+    layer of mlp_hidden_dim) or "conv" (conv_channels, then 2 * conv_channels maps, and a dense layer of
+    conv_hidden_dim). decoder and sigma: the likelihood p(x|z) (LIKELIHOODS below). Every argument is kept
+    in self.config, and a checkpoint holds it: type(model)(**model.config) rebuilds the model.
     """
 
     def __init__(self, *, latent_dim=20, arch="mlp", mlp_hidden_dim=400, conv_channels=32, conv_hidden_dim=256,
@@ -177,7 +177,8 @@ class CVAE(VAE):
         return super().decode_logits(torch.cat([z, self.one_hot(y, z)], dim=1))
 
 
-# The parts. The bodies: label_dim is 0 for the AE and the VAE, the number of classes for the CVAE.
+# The parts. The encoder and decoder networks, the models' bodies: label_dim is 0 for the AE and the VAE,
+# the number of classes for the CVAE.
 
 def mlp_body(code_dim, latent_dim, label_dim, hidden_dim):
     """Encoder 784 (+ labels) -> hidden_dim -> code_dim; decoder latent_dim (+ labels) -> hidden_dim -> 784 logits."""

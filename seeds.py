@@ -1,8 +1,9 @@
 """Five seeds of the default run, and the spread over seeds of every number the README compares.
 
-    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: five runs of main.py, about 11 minutes on 2 cores
-    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 16 minutes
+    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: five runs of main.py, about 18 minutes on 2 cores
+    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 30 minutes
     python seeds.py --aggregate-only                      # recompute aggregate.json from the kept files
+    python seeds.py --compare my_results/metrics.json     # your run against results/metrics.json: noise or not?
 
 Each seed trains the models and evaluates them, as `python main.py --seed S` does (any other flag is
 passed on to it), in a temporary folder, and its metrics.json is kept as results/seeds/seed_S.json
@@ -10,10 +11,13 @@ passed on to it), in a temporary folder, and its metrics.json is kept as results
 results/seeds/aggregate.json then holds, for every number in those files, its mean, standard deviation
 (n - 1), min and max over the seeds; and, for every comparison the README makes, the difference in each
 seed and a verdict: a model or sampler is better only where every seed agrees, else the difference is
-"within seed-to-seed noise".
+"within seed-to-seed noise". --compare lists every number of one run against another's (default: the
+committed results/metrics.json), largest first in units of its standard deviation over the seeds: a
+difference of a fraction of one is the noise of another seed, another CPU type or other library versions.
 """
 import argparse
 import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -43,6 +47,14 @@ OTHER_COMPARISONS = [  # (a, b, better)
     ("on_demand.vae.frechet_distance", "on_demand.ae.frechet_distance", "lower"),
     ("vae.test_reconstruction", "ae.test_loss", "lower"),
     ("vae.test_reconstruction_mse", "ae.test_reconstruction_mse", "lower"),
+]
+ANOMALY_COMPARISONS = [  # which score tells the other dataset, or noise, from the test split better (AUROC)
+    (f"anomaly.{outliers}.{a}.auroc", f"anomaly.{outliers}.{b}.auroc", "higher")
+    for outliers, pairs in [("fashion-mnist", [("vae_nll", "vae_nll_minus_zlib"), ("vae_nll", "vae_nll_minus_floor"),
+                                               ("vae_nll", "vae_code_nll"), ("vae_nll", "vae_kl"), ("ae_nll", "ae_code_nll"),
+                                               ("ae_nll", "ae_nll_minus_zlib"), ("vae_nll", "ae_nll"), ("vae_nll", "vae_negative_elbo")]),
+                            ("noise", [("vae_nll", "vae_nll_minus_zlib")])]
+    for a, b in pairs
 ]
 CVAE_COMPARISONS = [  # on demand: the label given to the CVAE against a Gaussian per class, and its two samplers
     (f"on_demand.{a}.{score}", f"on_demand.{b}.{score}", better)
@@ -91,6 +103,7 @@ def aggregate(seeds):
     comparisons = [compare(per_seed, f"samples.{a}.{score}", f"samples.{b}.{score}", better)
                    for a, b in SAMPLE_COMPARISONS for score, better in SCORES.items()]
     others = OTHER_COMPARISONS + (CVAE_COMPARISONS if all("on_demand.cvae.hit" in seed for seed in per_seed) else [])
+    others += [comparison for comparison in ANOMALY_COMPARISONS if all(comparison[0] in seed for seed in per_seed)]
     comparisons += [compare(per_seed, a, b, better) for a, b, better in others]
     return {"seeds": list(seeds), "std": "sample standard deviation (n - 1) over the seeds",
             "rule": "better only where every seed agrees on the sign of the difference",
@@ -98,11 +111,31 @@ def aggregate(seeds):
             "comparisons": comparisons}
 
 
+def compare_runs(mine, reference, aggregated):
+    """(path, mine, reference, difference in seed-to-seed standard deviations) for every result the two
+    metrics.json reports and the aggregate share, largest first; a spread of 0 counts only an exact match."""
+    a, b = numbers(mine), numbers(reference)
+    rows = []
+    for path in a.keys() & b.keys() & aggregated["numbers"].keys():
+        std, difference = aggregated["numbers"][path]["std"], a[path] - b[path]
+        rows.append((path, a[path], b[path], abs(difference) / std if std > 0 else (0.0 if difference == 0 else math.inf)))
+    return sorted(rows, key=lambda row: -row[3])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds")
     parser.add_argument("--aggregate-only", action="store_true", help="only recompute aggregate.json")
+    parser.add_argument("--compare", metavar="METRICS_JSON", help="list this run's numbers against --reference's")
+    parser.add_argument("--reference", default="results/metrics.json", help="the run --compare compares with")
     args, main_flags = parser.parse_known_args(argv)
+    if args.compare:
+        aggregated = json.loads((SEEDS_DIR / "aggregate.json").read_text())
+        mine, reference = (json.loads(Path(path).read_text()) for path in (args.compare, args.reference))
+        print(f"{'result':58s} {'this run':>12s} {'reference':>12s}  difference in seed-to-seed std")
+        for path, a, b, stds in compare_runs(mine, reference, aggregated):
+            print(f"{path:58s} {a:12.6g} {b:12.6g}  {stds:.2f}")
+        return
     if len(args.seeds) < 2:
         parser.error("--seeds needs at least two seeds for a spread")
     SEEDS_DIR.mkdir(parents=True, exist_ok=True)

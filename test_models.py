@@ -1301,13 +1301,17 @@ def test_train_py_needs_only_models_py_beside_it(data_dir, tmp_path):
 def test_the_readme_snippet_runs_as_written(trained_dir, data_dir, tmp_path):
     snippet = re.search(r"<!-- snippet -->\n```python\n(.*?)```", (HERE / "README.md").read_text(), re.S).group(1)
     (tmp_path / "results").mkdir()
-    shutil.copy(trained_dir / "vae.pt", tmp_path / "results" / "vae.pt")
+    for name in ("vae.pt", "metrics.json"):
+        shutil.copy(trained_dir / name, tmp_path / "results" / name)
     shutil.copytree(data_dir, tmp_path / "data")
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(HERE)})
     assert result.returncode == 0, result.stderr
     for name in ("vae_samples.png", "vae_reconstructions.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+    digits, inverted = result.stdout.splitlines()
+    assert re.fullmatch(r"unusual: \[((True|False), ){7}(True|False)\]", digits)
+    assert inverted == f"unusual: [{', '.join(['True'] * 8)}]"  # inverted digits are far from anything seen in training
 
 
 # The spread over seeds (seeds.py).
@@ -1318,6 +1322,19 @@ def test_seed_comparisons_count_only_where_every_seed_agrees():
     assert seeds.compare(per_seed, "a", "b", "lower")["verdict"] == "b better in every seed"
     assert seeds.compare(per_seed, "b", "c", "higher")["verdict"] == "within seed-to-seed noise"
     assert seeds.compare(per_seed, "a", "b", "higher")["differences"] == pytest.approx([0.1, 0.2, 0.05])
+
+
+def test_compare_measures_each_difference_in_seed_to_seed_standard_deviations(tmp_path, monkeypatch, capsys):
+    aggregated = {"numbers": {"a": {"std": 0.5}, "b": {"std": 2.0}, "c": {"std": 0.0}, "d": {"std": 0.0}}}
+    mine, reference = {"a": 1.0, "b": 3.0, "c": 7.0, "d": 1.0, "timings_seconds": 5.0}, {"a": 2.0, "b": 3.5, "c": 7.0, "d": 2.0}
+    assert seeds.compare_runs(mine, reference, aggregated) == [("d", 1.0, 2.0, math.inf), ("a", 1.0, 2.0, 2.0),
+                                                                ("b", 3.0, 3.5, 0.25), ("c", 7.0, 7.0, 0.0)]
+    monkeypatch.setattr(seeds, "SEEDS_DIR", tmp_path)
+    for name, report in [("aggregate.json", aggregated), ("mine.json", mine), ("reference.json", reference)]:
+        (tmp_path / name).write_text(json.dumps(report))
+    seeds.main(["--compare", str(tmp_path / "mine.json"), "--reference", str(tmp_path / "reference.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[1].split() == ["d", "1", "2", "inf"] and lines[2].split()[-1] == "2.00"
 
 
 def test_the_aggregate_spans_every_result_of_every_seed(trained_dir, tmp_path, monkeypatch):
@@ -1334,6 +1351,32 @@ def test_the_aggregate_spans_every_result_of_every_seed(trained_dir, tmp_path, m
     for comparison in aggregate["comparisons"]:
         means = [aggregate["numbers"][comparison[side]]["mean"] for side in ("a", "b")]
         assert len(comparison["differences"]) == 2 and comparison["mean_difference"] == pytest.approx(means[0] - means[1])
+
+
+# The measurements behind the README's claims: benchmark.py and mixture_starts.py write their numbers.
+
+def test_benchmark_writes_its_table_with_the_machine(data_dir, tmp_path):
+    import benchmark
+    benchmark.main(["--data-dir", str(data_dir), "--device", "cpu", "--rounds", "1", "--out", str(tmp_path / "benchmark.json")])
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(report["median_seconds"]) == {"standard", "tensors", "train.py"} and report["ratio_to_standard"]["standard"] == 1
+    for name, seconds in report["median_seconds"].items():
+        assert report["ratio_to_standard"][name] == pytest.approx(seconds / report["median_seconds"]["standard"])
+    assert report["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and report["machine"]["cpu"]
+
+
+def test_mixture_starts_refits_the_mixtures_from_each_start_seed(trained_dir, data_dir, tmp_path):
+    import mixture_starts
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(trained_dir / name, tmp_path / name)
+    mixture_starts.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--starts", "1", "2", "--seeds", "2"])
+    report = json.loads((tmp_path / "mixture_starts.json").read_text())
+    for row in ("ae_mixture", "vae_mixture", "vae_mixture_z"):
+        for starts in (1, 2):
+            result = report[f"{row}, {starts} starts"]
+            assert len(result["scores"]) == 2 and result["seconds_per_fit"] > 0
+            recognisable = [100 * score["recognisable"] for score in result["scores"]]
+            assert result["recognisable_range"] == pytest.approx(max(recognisable) - min(recognisable))
 
 
 # explore.py: the latent space by hand, tested headless on tiny trained models.

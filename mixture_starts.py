@@ -1,0 +1,72 @@
+"""How much the mixture rows depend on where EM starts: the same trained models, the mixture refitted
+from other starting seeds, its draws scored each time.
+
+    python mixture_starts.py --data-dir ../shared/data     # reads results/ae.pt and vae.pt; about 3 minutes
+
+EM climbs to the nearest local maximum of the likelihood, so a mixture fitted from one start can land in
+a different place from another start's, and its draws look different. priors.GaussianMixture runs EM
+from several k-means starts and keeps the best fit. For each number of starts in --starts and each
+start seed, this fits the three mixtures that evaluate.py fits (to the AE's codes, the VAE's means and
+z ~ q(z|x)) to the same 10,000 codes, scores 10,000 draws with evaluate.py's classifier (same seed, same
+draws of eps), and writes each score, its range over the seeds and the seconds per fit to
+results/mixture_starts.json.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import evaluate
+import metrics
+import priors
+import train
+
+
+@torch.no_grad()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data", help="holds MNIST/raw/")
+    parser.add_argument("--out-dir", default="results", help="holds ae.pt and vae.pt; the report is written there")
+    parser.add_argument("--starts", type=int, nargs="+", default=[1, evaluate.MIXTURE["starts"]], help="EM starts per fit")
+    parser.add_argument("--seeds", type=int, default=8, help="start seeds per number of starts")
+    args = train.parse_flags(parser, argv, {"seeds": 2})
+    loaded, checkpoints = evaluate.load_models(args.out_dir, torch.device("cpu"))
+    dataset = checkpoints["vae"]["dataset"]
+    train_images, train_labels = train.load_split(dataset, args.data_dir, True, "cpu")
+    test_images = train.load_split(dataset, args.data_dir, False, "cpu")[0]
+    torch.manual_seed(0)
+    with torch.enable_grad():
+        classifier = metrics.train_classifier(train_images, train_labels)
+    reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+    codes = {"ae_mixture": evaluate.codes_of(loaded["ae"], train_images, train_labels),
+             "vae_mixture": evaluate.codes_of(loaded["vae"], train_images, train_labels),
+             "vae_mixture_z": evaluate.sampled_vae_codes(loaded["vae"], train_images, train_labels)}
+    subset = torch.randperm(len(train_images))[:evaluate.MIXTURE["codes"]]
+    report = {"models": args.out_dir, "codes": len(subset), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for starts in args.starts:
+        for row, row_codes in codes.items():
+            model = loaded[row.split("_")[0]]
+            scores, seconds = [], []
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                mixture = priors.GaussianMixture(row_codes[subset], components=evaluate.MIXTURE["components"],
+                                                 starts=starts, seed=seed)
+                seconds.append(time.perf_counter() - start)
+                torch.manual_seed(1)  # the same draws of components and eps for every fit
+                scores.append(metrics.sample_scores(classifier, evaluate.decode(model, mixture.sample(evaluate.SAMPLES)),
+                                                    reference) | {"log_likelihood": mixture.log_likelihood})
+            recognisable = [100 * score["recognisable"] for score in scores]
+            report[f"{row}, {starts} starts"] = {"scores": scores, "seconds_per_fit": sum(seconds) / len(seconds),
+                                                 "recognisable_range": max(recognisable) - min(recognisable)}
+            print(f"{row:14s} {starts:2d} starts: recognisable {min(recognisable):.1f} to {max(recognisable):.1f}%, "
+                  f"FD {min(s['frechet_distance'] for s in scores):.1f} to {max(s['frechet_distance'] for s in scores):.1f}, "
+                  f"{sum(seconds) / len(seconds):.2f} s a fit", flush=True)
+    path = Path(args.out_dir) / "mixture_starts.json"
+    train.write_atomically(path, lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    train.run(main)
