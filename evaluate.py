@@ -46,13 +46,13 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
        digits, L_k as a code length against zlib and lzma;
     5. the VAE's fitted Gaussian and mixture again, fitted to z ~ q(z|x) instead of its means;
     6. digits on demand: for each model, a Gaussian fitted to each class's codes, and its draws scored;
-    7. where the test codes lie: inside the prior's 2 sigma circle, and along their principal directions;
+    7. where the test codes lie: within radius 2 of the origin (z0, z1), and along their principal directions;
     8. with the conditional VAE (with_cvae; None: if cvae.pt is there), its likelihood and the digits
        it draws when told the label, from N(0, I) and from a Gaussian fitted to its codes;
     9. outliers: how well each model's scores tell the test split from other images (anomaly.py);
     10. what a decoded image is: the mean of p(x|z), beside images drawn from p(x|z);
     11. the figures, and last metrics.json (run_started: when main.py began, for its wall time).
-    Steps 9 and 10 seed their own draws, so that no number before them depends on them.
+    Steps 9 and 10 reseed the random generator first, so removing them would change no earlier number.
     """
     start = time.perf_counter()
     device = train.resolve_device(device_name)
@@ -304,9 +304,10 @@ def conditional_on_demand(cvae, train_codes, classes, classifier, reference):
 
 
 def code_spread(test_codes, principal):
-    """Where each model's test codes lie: in (z0, z1), the share inside the 2 sigma circle of N(0, I) (which
-    holds 1 - e^-2 = 86.5% of the prior) and inside the [-3, 3]^2 square; in all d dimensions, the share of
-    their variance that their top two principal directions hold (principal: metrics.principal_directions)."""
+    """Where each model's test codes lie: in (z0, z1), the share within radius 2, two of N(0, I)'s standard
+    deviations (which holds 1 - e^-2 = 86.5% of the prior), and inside the [-3, 3]^2 square; in all d
+    dimensions, the share of their variance that their top two principal directions hold (principal:
+    metrics.principal_directions)."""
     spread = {}
     for name, codes in test_codes.items():
         z = codes[:, :2]

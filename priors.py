@@ -55,7 +55,7 @@ class GaussianMixture:
     EM climbs to the nearest local maximum of the likelihood, and which one depends on where it starts;
     so do the mixture's draws. Each start is k-means from a k-means++ seeding (scikit-learn's default),
     EM runs from `starts` of them, and the fit with the highest log-likelihood is kept (scikit-learn's
-    n_init): what the draws look like then hardly depends on the seed.
+    n_init): the draws then depend on the seed much less (mixture_starts.py measures it).
     """
 
     def __init__(self, codes, components=10, starts=5, max_iterations=100, tolerance=1e-3, ridge=1e-4, seed=0):

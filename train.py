@@ -4,8 +4,8 @@
     python train.py --model cvae --epochs 10         # one model: ae, vae or cvae
 
 It needs only models.py beside it (and torch, torchvision). Each model is saved to
-<out-dir>/<model>.pt: a dict with model_state, config (models.VAE(**config) rebuilds it: every
-constructor argument is in it), dataset and history (per-epoch train loss, test loss and seconds).
+<out-dir>/<model>.pt: a dict with model_state, config (models.AE(**config), VAE or CVAE alike, rebuilds
+it: every constructor argument is in it), dataset and history (per-epoch train loss, test loss and seconds).
 Every model argument is a flag of the same name whose default is models.py's own.
 
 Why it is fast: the whole split sits on the training device as one float tensor, and every step
