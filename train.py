@@ -243,6 +243,26 @@ def run(main):
         sys.exit(130)
 
 
+MODEL_DEFAULTS = {name: parameter.default for model in MODELS.values()
+                  for name, parameter in inspect.signature(model).parameters.items()
+                  if parameter.default is not inspect.Parameter.empty}
+LOWEST = {"epochs": 1, "batch_size": 1, "latent_dim": 2, "mlp_hidden_dim": 1, "conv_channels": 1, "conv_hidden_dim": 1,
+          "beta": 0}
+
+
+def sigma_value(text):
+    """--sigma: "learned", or a positive finite number."""
+    if text == "learned":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # refuses nan too
+        raise argparse.ArgumentTypeError(f"must be a positive number or learned, got {text!r}")
+    return value
+
+
 def make_parser(description, training=True):
     """The flags train.py, evaluate.py and main.py share; training=False leaves out the training ones."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -273,26 +293,6 @@ def make_parser(description, training=True):
                                 "or learned, its default")
         model.add_argument("--beta", type=float, default=MODEL_DEFAULTS["beta"], help="weight of the KL term (VAE, CVAE)")
     return parser
-
-
-MODEL_DEFAULTS = {name: parameter.default for model in MODELS.values()
-                  for name, parameter in inspect.signature(model).parameters.items()
-                  if parameter.default is not inspect.Parameter.empty}
-LOWEST = {"epochs": 1, "batch_size": 1, "latent_dim": 2, "mlp_hidden_dim": 1, "conv_channels": 1, "conv_hidden_dim": 1,
-          "beta": 0}
-
-
-def sigma_value(text):
-    """--sigma: "learned", or a positive finite number."""
-    if text == "learned":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:  # refuses nan too
-        raise argparse.ArgumentTypeError(f"must be a positive number or learned, got {text!r}")
-    return value
 
 
 def parse_flags(parser, argv=None, lowest=None):
