@@ -67,9 +67,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
     with train.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
         torch.manual_seed(seed)
         # 1. The classifier, and the statistics of its features of the test split: the reference of every FD.
-        with torch.enable_grad():
-            classifier = metrics.train_classifier(train_images, train_labels)
-        reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+        classifier, reference = classifier_and_reference(train_images, train_labels, test_images)
         accuracy = metrics.accuracy(classifier, test_images, test_labels)
         # 2. The codes.
         train_codes = {name: codes_of(model, train_inputs, train_labels) for name, model in pair.items()}
@@ -165,13 +163,25 @@ def decode(model, z, labels=None, batch_size=1000):
                       for chunk, y in in_batches(batch_size, z, labels)])
 
 
+def classifier_and_reference(train_images, train_labels, test_images):
+    """The digit classifier that scores decoded images, trained on the training split, and the statistics of
+    its features of the test split, the reference of every Frechet distance."""
+    with torch.enable_grad():
+        classifier = metrics.train_classifier(train_images, train_labels)
+    return classifier, metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+
+
 def fit_densities(train_codes):
     """A Gaussian fitted to all the codes, and a 10-component mixture fitted to a random 10,000 of them
     (about 1,000 per component, which keeps EM near a second a start on a CPU). Fitting a density to an
     AE's codes after training is ex-post density estimation (Ghosh et al., ICLR 2020)."""
     subset = torch.randperm(len(train_codes))[:MIXTURE["codes"]].to(train_codes.device)
-    mixture = priors.GaussianMixture(train_codes[subset], components=MIXTURE["components"], starts=MIXTURE["starts"])
-    return priors.Gaussian(train_codes), mixture
+    return priors.Gaussian(train_codes), fit_mixture(train_codes[subset])
+
+
+def fit_mixture(codes, starts=MIXTURE["starts"], seed=0):
+    """The mixture of MIXTURE["components"] Gaussians, fitted by EM from `starts` k-means starts."""
+    return priors.GaussianMixture(codes, components=MIXTURE["components"], starts=starts, seed=seed)
 
 
 def draw_latents(train_codes, n):

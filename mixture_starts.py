@@ -20,7 +20,6 @@ import torch
 
 import evaluate
 import metrics
-import priors
 import train
 
 
@@ -37,9 +36,7 @@ def main(argv=None):
     train_images, train_labels = train.load_split(dataset, args.data_dir, True, "cpu")
     test_images = train.load_split(dataset, args.data_dir, False, "cpu")[0]
     torch.manual_seed(0)
-    with torch.enable_grad():
-        classifier = metrics.train_classifier(train_images, train_labels)
-    reference = metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
+    classifier, reference = evaluate.classifier_and_reference(train_images, train_labels, test_images)
     codes = {"ae_mixture": evaluate.codes_of(loaded["ae"], train_images, train_labels),
              "vae_mixture": evaluate.codes_of(loaded["vae"], train_images, train_labels),
              "vae_mixture_z": evaluate.sampled_vae_codes(loaded["vae"], train_images, train_labels)}
@@ -51,8 +48,7 @@ def main(argv=None):
             scores, seconds = [], []
             for seed in range(args.seeds):
                 start = time.perf_counter()
-                mixture = priors.GaussianMixture(row_codes[subset], components=evaluate.MIXTURE["components"],
-                                                 starts=starts, seed=seed)
+                mixture = evaluate.fit_mixture(row_codes[subset], starts, seed)
                 seconds.append(time.perf_counter() - start)
                 torch.manual_seed(1)  # the same draws of components and eps for every fit
                 scores.append(metrics.sample_scores(classifier, evaluate.decode(model, mixture.sample(evaluate.SAMPLES)),
