@@ -245,7 +245,7 @@ def likelihood(vae, test_inputs, test_labels, test_means, iw_samples):
     """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units
     (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016);
     and L_k of each test image. For the CVAE, whose every term is told the label, L_k bounds log p(x | y)."""
-    totals = sum(torch.stack(vae.loss_terms(x, y)) * len(x) for x, y in in_batches(1000, test_inputs, test_labels))
+    totals = sum(torch.stack(vae.elbo_terms(x, y)).sum(1) for x, y in in_batches(1000, test_inputs, test_labels))
     reconstruction, kl = (totals / len(test_inputs)).tolist()
     bound = metrics.importance_weighted_bound(vae, test_inputs, iw_samples, labels=test_labels)
     return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,

@@ -82,9 +82,13 @@ class AE(nn.Module):
     def forward(self, x, y=None):
         return self.decode(self.encode(x, y), y)
 
+    def loss_per_image(self, x, y=None):
+        """-log p(x|z) at z = encode(x): the reconstruction alone, nats, one per image."""
+        return self.likelihood.negative_log_prob(self.decode_logits(self.encode(x, y), y), x)
+
     def loss(self, x, y=None):
-        """-log p(x|z) at z = encode(x): the reconstruction alone, nats per image."""
-        return self.likelihood.reconstruction_loss(self.decode_logits(self.encode(x, y), y), x)
+        """The training loss: loss_per_image's mean over the batch."""
+        return self.loss_per_image(x, y).mean()
 
 
 def kl_divergence(mu, logvar):
@@ -134,15 +138,16 @@ class VAE(AE):
         mu, logvar = self.encode(x, y)
         return self.decode(self.reparameterize(mu, logvar), y), mu, logvar
 
-    def loss_terms(self, x, y=None):
-        """(-log p(x|z), KL) in nats per image, with one sample of z per image."""
+    def elbo_terms(self, x, y=None):
+        """The two terms of the negative ELBO, nats, one of each per image, with one z ~ q(z|x) per image:
+        (-log p(x|z), KL(q(z|x) || N(0, I))). Training, the test ELBO and the outlier scores all use these."""
         mu, logvar = self.encode(x, y)
         logits = self.decode_logits(self.reparameterize(mu, logvar), y)
-        return self.likelihood.reconstruction_loss(logits, x), kl_divergence(mu, logvar).mean()
+        return self.likelihood.negative_log_prob(logits, x), kl_divergence(mu, logvar)
 
-    def loss(self, x, y=None):
-        """Negative ELBO (for beta = 1), nats per image."""
-        reconstruction, kl = self.loss_terms(x, y)
+    def loss_per_image(self, x, y=None):
+        """-log p(x|z) + beta * KL: the negative ELBO for beta = 1."""
+        reconstruction, kl = self.elbo_terms(x, y)
         return reconstruction + self.beta * kl
 
 
@@ -227,9 +232,9 @@ class PixelLikelihood(nn.Module):
     floors(images): for each image, the lowest -log p(x|z) any decoder output reaches on it, in nats (float64,
     on the host), or None where there is no such floor; floor(images): their mean."""
 
-    def reconstruction_loss(self, logits, x):
-        """-log p(x|z) summed over pixels, mean over the batch: nats per image."""
-        return -self.log_prob(logits, x).sum() / len(x)
+    def negative_log_prob(self, logits, x):
+        """-log p(x|z) of each image, its pixels' terms summed: nats, shape (N,)."""
+        return -self.log_prob(logits, x).flatten(1).sum(1)
 
     def floors(self, images):
         return None

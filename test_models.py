@@ -118,17 +118,17 @@ def test_kl_is_zero_only_at_the_prior():
     assert torch.all(models.kl_divergence(zeros + 0.1, zeros) > 0)
 
 
-def test_reconstruction_loss_is_the_bernoulli_negative_log_likelihood():
+def test_the_bernoulli_negative_log_prob_is_the_binary_cross_entropy_per_image():
     logits, x = 5 * torch.randn(8, *models.IMAGE_SHAPE), images()
-    expected = -Bernoulli(logits=logits, validate_args=False).log_prob(x).sum() / len(x)
-    torch.testing.assert_close(models.BernoulliPixels().reconstruction_loss(logits, x), expected)
+    expected = -Bernoulli(logits=logits, validate_args=False).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(models.BernoulliPixels().negative_log_prob(logits, x), expected)
 
 
-def test_reconstruction_loss_is_finite_for_saturated_logits():
+def test_the_negative_log_prob_is_finite_for_saturated_logits():
     logits = torch.full((2, *models.IMAGE_SHAPE), 200.0)
     logits[:, :, ::2] = -200.0  # half the pixels confidently wrong: each costs 200 nats, not inf
     x = torch.ones(2, *models.IMAGE_SHAPE)
-    torch.testing.assert_close(models.BernoulliPixels().reconstruction_loss(logits, x), torch.tensor(392 * 200.0))
+    torch.testing.assert_close(models.BernoulliPixels().negative_log_prob(logits, x), torch.full((2,), 392 * 200.0))
 
 
 # The likelihoods p(x|z): each against torch.distributions.
@@ -143,7 +143,7 @@ def test_each_likelihood_is_its_torch_distribution_per_pixel():
         likelihood = models.make_likelihood(decoder, 0.3 if decoder == "gaussian" else None).double()
         torch.testing.assert_close(likelihood.log_prob(logits, x), distribution.log_prob(x), msg=decoder)
         torch.testing.assert_close(likelihood.mean(logits), distribution.mean if decoder != "bernoulli" else mean, msg=decoder)
-        assert likelihood.reconstruction_loss(logits, x).item() == pytest.approx(-distribution.log_prob(x).sum().item() / 8)
+        assert likelihood.negative_log_prob(logits, x).mean().item() == pytest.approx(-distribution.log_prob(x).sum().item() / 8)
 
 
 def test_the_continuous_bernoulli_is_exact_where_torch_clamps_and_smooth_at_one_half():
@@ -164,8 +164,8 @@ def test_the_continuous_bernoulli_is_exact_where_torch_clamps_and_smooth_at_one_
 def test_mse_loss_summed_is_the_gaussian_at_sigma_squared_one_half():
     logits, x = torch.randn(8, *models.IMAGE_SHAPE), images()
     gaussian = models.GaussianPixels(math.sqrt(0.5))
-    expected = torch.nn.functional.mse_loss(torch.sigmoid(logits), x, reduction="sum") / len(x)
-    torch.testing.assert_close(gaussian.reconstruction_loss(logits, x) - models.IMAGE_PIXELS / 2 * math.log(math.pi), expected)
+    expected = torch.nn.functional.mse_loss(torch.sigmoid(logits), x, reduction="none").flatten(1).sum(1)
+    torch.testing.assert_close(gaussian.negative_log_prob(logits, x) - models.IMAGE_PIXELS / 2 * math.log(math.pi), expected)
 
 
 def test_a_learned_sigma_gets_gradients_and_is_optimal_at_the_mean_squared_error():
@@ -176,7 +176,7 @@ def test_a_learned_sigma_gets_gradients_and_is_optimal_at_the_mean_squared_error
     gaussian = models.GaussianPixels("learned")
     with torch.no_grad():
         gaussian.log_sigma.fill_(0.5 * math.log((torch.sigmoid(logits) - x).pow(2).mean().item()))
-    gaussian.reconstruction_loss(logits, x).backward()
+    gaussian.negative_log_prob(logits, x).mean().backward()
     assert gaussian.log_sigma.grad.abs().item() < 1e-2  # of about 784 at sigma = 1
 
 
@@ -209,10 +209,10 @@ def test_vae_loss_is_reconstruction_plus_beta_kl():
     torch.manual_seed(1)
     mu, logvar = vae.encode(x)
     logits = vae.decode_logits(vae.reparameterize(mu, logvar))
-    reconstruction, kl = vae.likelihood.reconstruction_loss(logits, x), models.kl_divergence(mu, logvar).mean()
-    torch.testing.assert_close(loss, reconstruction + 4.0 * kl)
+    reconstruction, kl = vae.likelihood.negative_log_prob(logits, x), models.kl_divergence(mu, logvar)
+    torch.testing.assert_close(loss, (reconstruction + 4.0 * kl).mean())
     torch.manual_seed(1)
-    torch.testing.assert_close(vae.loss_terms(x), (reconstruction, kl))
+    torch.testing.assert_close(vae.elbo_terms(x), (reconstruction, kl))
 
 
 # The scores (metrics.py) and the fitted priors (priors.py).
@@ -254,7 +254,7 @@ def test_pixel_entropy_is_the_bce_floor():
     assert bernoulli.floor(images(4).round()) == 0
     assert bernoulli.floor(torch.full((3, 1, 28, 28), 0.5)) == pytest.approx(784 * math.log(2))
     x = images(4).clamp(0.01, 0.99)
-    assert bernoulli.floor(x) == pytest.approx(bernoulli.reconstruction_loss(torch.logit(x), x).item(), rel=1e-5)
+    assert bernoulli.floor(x) == pytest.approx(bernoulli.negative_log_prob(torch.logit(x), x).mean().item(), rel=1e-5)
 
 
 def test_the_fitted_gaussian_reproduces_the_codes_mean_and_covariance():

@@ -68,7 +68,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, binarize=False):
 def evaluate_loss(model, images, labels, batch_size=1000):
     """Mean loss per image over a whole split (for the VAEs: one sample of z per image)."""
     model.eval()
-    total = sum(model.loss(x, y) * len(x) for x, y in zip(images.split(batch_size), labels.split(batch_size)))
+    total = sum(model.loss_per_image(x, y).sum() for x, y in zip(images.split(batch_size), labels.split(batch_size)))
     return total / len(images)
 
 
