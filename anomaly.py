@@ -6,7 +6,7 @@
 A model of the data gives each image a likelihood, so an image it finds unlikely may be unlike the
 training data: an outlier, an anomaly. Scores per image, each higher for a more unusual image:
 
-  ae_nll, ae_squared_error     the AE's -log p(x|z) at z = encode(x), and its squared error
+  ae_nll, ae_squared_error     the AE's -log p(x|z) at z = encode(x), and its squared error per pixel
   vae_nll                      the VAE's -L_k (metrics.importance_weighted_bound): a bound on -log p(x)
   vae_negative_elbo, vae_kl    its negative ELBO with one z ~ q(z|x), and the ELBO's KL term alone
   *_minus_floor                -log p less the image's own floor, the least any decoder output could
@@ -33,22 +33,18 @@ KEPT = 0.95  # the threshold keeps this share of the test images
 
 
 @torch.no_grad()
-def outlier_scores(model, images, iw_samples=50, code_density=None, log_likelihood_bound=None, batch_size=1000):
+def outlier_scores(model, images, iw_samples=50, code_density=None, log_likelihood_bound=None):
     """The scores above for an AE or a VAE and a batch of images (N, 1, 28, 28), each a float64 tensor (N,) on
     the host. code_density: a priors.Gaussian fitted to the model's training codes, for *_code_nll.
     log_likelihood_bound: the VAE's L_k of these images when already computed (evaluate.py has the test split's)."""
     model.eval()
     name = "vae" if isinstance(model, models.VAE) else "ae"
     parts = {}
-    for x in images.split(batch_size):
+    for x in images.split(train.EVAL_BATCH):
         if name == "vae":
-            mu, logvar = model.encode(x)
-            logits = model.decode_logits(model.reparameterize(mu, logvar))
-            batch = {"kl": models.kl_divergence(mu, logvar)}
+            batch = dict(zip(("reconstruction", "kl"), model.elbo_terms(x)))
         else:
-            logits = model.decode_logits(model.encode(x))
-            batch = {"squared_error": (model.likelihood.mean(logits) - x).pow(2).flatten(1).sum(1)}
-        batch["reconstruction"] = -model.likelihood.log_prob(logits, x).flatten(1).sum(1)
+            batch = {"reconstruction": model.loss_per_image(x), "squared_error": metrics.squared_error(model(x), x)}
         for key, value in batch.items():
             parts.setdefault(key, []).append(value.cpu().double())
     parts = {key: torch.cat(values) for key, values in parts.items()}
@@ -65,22 +61,23 @@ def outlier_scores(model, images, iw_samples=50, code_density=None, log_likeliho
         scores[f"{name}_nll_minus_floor"] = nll - floors
     scores[f"{name}_nll_minus_zlib"] = nll - metrics.compressed_nats(images)
     if code_density is not None:
-        scores[f"{name}_code_nll"] = -code_density.log_prob(torch.cat([model.code(x) for x in images.split(batch_size)]))
+        scores[f"{name}_code_nll"] = -code_density.log_prob(torch.cat([model.code(x) for x in images.split(train.EVAL_BATCH)]))
     return scores
 
 
 def outlier_sets(dataset, data_dir, test_inputs, binarize, count):
     """count images of each outlier set, on the test inputs' device: the other dataset's test split (skipped,
-    with one line, where it cannot be read or downloaded), the test inputs inverted, and uniform noise.
-    For a binarized run the other dataset and the noise get 0/1 pixels too."""
+    with one line, where its files are absent and cannot be downloaded), the test inputs inverted, and
+    uniform noise. For a binarized run the other dataset and the noise get 0/1 pixels too."""
     device = test_inputs.device
     sets = {}
     other = OTHER_DATASET[dataset]
-    try:
+    if train.dataset_within_reach(other, data_dir):
         other_images, _ = train.load_split(other, data_dir, False, device)
         sets[other] = other_images[torch.randperm(len(other_images))[:count].to(device)]
-    except SystemExit as failure:  # train.load_split's one line: no files, no network
-        print(f"the {other} outliers are skipped, scored against inverted images and noise only: {failure}")
+    else:
+        print(f"the {other} outliers are skipped, scored against inverted images and noise only: cannot read or "
+              f"download {other} in {data_dir}/ (put its four IDX files in its raw/ folder to score them)")
     sets["inverted"] = 1 - test_inputs[torch.randperm(len(test_inputs))[:count].to(device)]
     sets["noise"] = torch.rand(count, *models.IMAGE_SHAPE).to(device)
     if binarize:
@@ -106,6 +103,6 @@ def detect_outliers(pair, test_inputs, test_bound, code_densities, dataset, data
         for score, values in scores.items():
             threshold = metrics.threshold_at(inlier[score], KEPT)
             results[set_name][score] = {"auroc": metrics.auroc(inlier[score], values),
-                                        "fpr_at_95": metrics.let_through(values, threshold), "threshold": threshold}
+                                        "fpr_at_95": metrics.fpr_at(values, threshold), "threshold": threshold}
     setup = {"test_images": len(test_inputs), "images_per_outlier_set": count, "kept": KEPT, "iw_samples": iw_samples}
     return {"anomaly": results, "anomaly_setup": setup}, inlier, outliers

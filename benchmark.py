@@ -14,7 +14,6 @@ drift in the machine's speed hits all of them alike; each adds one change to the
 """
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="epochs of each loop")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--out", default="results/benchmark.json", help="where the table is written")
-    args = train.parse_flags(parser, argv, {"rounds": 1})
+    args = train.parse_flags(parser, argv, {"rounds": 1, "batch_size": 1})
 
     device = train.resolve_device(args.device)
     images, labels = train.load_split("mnist", args.data_dir, True, device)
@@ -82,21 +81,10 @@ def main(argv=None):
     ratios = {name: medians[name] / medians["standard"] for name in loops}
     for name in list(loops)[1:]:
         print(f"{name} / standard: {ratios[name]:.2f} (1/{1 / ratios[name]:.1f})")
-    report = {"device": str(device), "machine": machine(), "batch_size": args.batch_size, "rounds": args.rounds,
+    report = {"device": str(device), "machine": train.machine(), "batch_size": args.batch_size, "rounds": args.rounds,
               "seconds_per_epoch": seconds, "median_seconds": medians, "ratio_to_standard": ratios}
     train.write_atomically(Path(args.out), lambda temporary: temporary.write_text(json.dumps(report, indent=2) + "\n"))
     print(f"wrote {args.out}")
-
-
-def machine():
-    """The processor, its kernels and the software: what a timing depends on."""
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():  # Linux names its processor there, not in platform.processor()
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": str(torch.__version__)}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import math
 import pickle
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
     3. decoded draws from each sampler, reconstructions and interpolation midpoints, scored;
     4. how well each model fits the test split: its reconstructions' squared error, the likelihood's
        floor, and the VAE's ELBO, its importance-weighted bound L_k and its active units; for binarized
-       digits, L_k as a code length against zlib and lzma;
+       digits under the Bernoulli, L_k as a code length against zlib and lzma;
     5. the VAE's fitted Gaussian and mixture again, fitted to z ~ q(z|x) instead of its means;
     6. digits on demand: for each model, a Gaussian fitted to each class's codes, and its draws scored;
     7. where the test codes lie: within radius 2 of the origin (z0, z1), and along their principal directions;
@@ -52,7 +53,8 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
     9. outliers: how well each model's scores tell the test split from other images (anomaly.py);
     10. what a decoded image is: the mean of p(x|z), beside images drawn from p(x|z);
     11. the figures, and last metrics.json (run_started: when main.py began, for its wall time).
-    Steps 9 and 10 reseed the random generator first, so removing them would change no earlier number.
+    Each step that draws random numbers first reseeds from the run's seed and its own name (step_stream),
+    so a change inside one step, or a step removed, moves no other step's numbers.
     """
     start = time.perf_counter()
     device = train.resolve_device(device_name)
@@ -60,38 +62,44 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
     pair = {name: loaded[name] for name in ("ae", "vae")}
     out_dir = train.writable_dir(out_dir)
     dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
-    train_images, train_labels = train.load_split(dataset, data_dir, True, device)
-    test_images, test_labels = train.load_split(dataset, data_dir, False, device)
-    train_inputs, test_inputs = [train.binarize_once(x) if binarize else x for x in (train_images, test_images)]
+    train_images, train_labels, train_inputs = load_split(checkpoints["vae"], data_dir, True, device)
+    test_images, test_labels, test_inputs = load_split(checkpoints["vae"], data_dir, False, device)
     class_names = train.DATASETS[dataset].classes
     with train.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
-        torch.manual_seed(seed)
         # 1. The classifier, and the statistics of its features of the test split: the reference of every FD.
+        step_stream(seed, "classifier")
         classifier, reference = classifier_and_reference(train_images, train_labels, test_images)
         accuracy = metrics.accuracy(classifier, test_images, test_labels)
-        # 2. The codes.
+        # 2. The codes (no random draws).
         train_codes = {name: codes_of(model, train_inputs, train_labels) for name, model in pair.items()}
         test_codes = {name: codes_of(model, test_inputs, test_labels) for name, model in pair.items()}
         # 3. Samples, reconstructions and midpoints, scored.
-        scores, shown, gaussians = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images)
+        scores, shown, densities = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images,
+                                                  step_stream(seed, "samplers"))
+        gaussians = {name: gaussian for name, (gaussian, _) in densities.items()}
         # 4. The fit to the test split.
+        step_stream(seed, "fit")
         fit = {name: reconstruction_fit(model, test_inputs, test_labels, test_codes[name]) for name, model in pair.items()}
         vae_fit, test_bound = likelihood(pair["vae"], test_inputs, test_labels, test_codes["vae"], iw_samples)
         fit["vae"].update(vae_fit)
-        decoder = decoder_report(pair["vae"], test_inputs)
+        likelihood_summary = likelihood_report(pair["vae"], test_inputs)
         pixel_entropy = models.BernoulliPixels().floor(test_inputs)
-        code_length = {"compression": compression(test_bound, vae_fit["test_negative_elbo"], test_inputs)} if binarize else {}
+        code_length = ({"compression": compression(test_bound, vae_fit["test_negative_elbo"], test_inputs)}
+                       if binarize and isinstance(pair["vae"].likelihood, models.BernoulliPixels) else {})
         # 5. The VAE's densities refitted to z ~ q(z|x).
+        refit_seed = step_stream(seed, "refit")
         sampled_codes = sampled_vae_codes(pair["vae"], train_inputs, train_labels)
-        scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference))
+        scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference, refit_seed))
         # 6. Digits on demand.
+        step_stream(seed, "on demand")
         on_demand, on_demand_shown = digits_on_demand(pair, {"ae": train_codes["ae"], "vae": sampled_codes},
                                                       train_labels, classifier, reference)
-        # 7. Where the codes lie.
+        # 7. Where the codes lie (no random draws).
         principal = {name: metrics.principal_directions(codes) for name, codes in test_codes.items()}
         spread = code_spread(test_codes, principal)
         # 8. The conditional VAE.
         if "cvae" in loaded:
+            step_stream(seed, "cvae")
             cvae = loaded["cvae"]
             cvae_test_codes = codes_of(cvae, test_inputs, test_labels)
             fit["cvae"] = {**reconstruction_fit(cvae, test_inputs, test_labels, cvae_test_codes),
@@ -101,11 +109,11 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             on_demand.update(cvae_on_demand)
             on_demand_shown.update(cvae_shown)
         # 9. Outliers.
-        torch.manual_seed(seed)
+        step_stream(seed, "outliers")
         outlier_report, inlier_scores, outlier_scores = anomaly.detect_outliers(
             pair, test_inputs, test_bound, gaussians, dataset, data_dir, binarize, iw_samples)
         # 10. Draws from p(x|z).
-        torch.manual_seed(seed)
+        step_stream(seed, "decoder draws")
         decoder_draws = draws_from_decoder(pair["vae"], device)
         # 11. The figures, and metrics.json.
         figures.plot_samples(out_dir, shown, scores)
@@ -121,20 +129,30 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             figures.plot_style(out_dir, cvae, test_inputs, test_labels, class_names)
         figures.plot_loss_curves(out_dir, checkpoints)
         figures.plot_anomaly(out_dir, outlier_report["anomaly"], inlier_scores, outlier_scores, dataset)
-        figures.plot_decoder_draws(out_dir, decoder_draws, decoder)
+        figures.plot_decoder_draws(out_dir, decoder_draws, likelihood_summary)
         write_metrics(out_dir, loaded, checkpoints, fit, {
             "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": pixel_entropy},
-            "decoder": decoder,
+            "decoder": likelihood_summary,
             "classifier": {"test_accuracy": accuracy},
             "samples": scores,
             "on_demand": on_demand,
             "latent_codes": spread,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": train.machine(),
             "mixture": MIXTURE,
             **outlier_report,
             **code_length,
             "evaluate_seconds": time.perf_counter() - start,
             **({"main_seconds": time.perf_counter() - run_started} if run_started is not None else {})})
+
+
+def step_stream(seed, step):
+    """Reseed torch's generators (the CPU's and every device's) from the run's seed and a step's name, and
+    return that step's seed (for the generators a step makes itself: k-means starts, subsets). Each step of
+    evaluate() thus draws from its own stream: a step removed, or one that draws more, moves no other's numbers."""
+    step_seed = zlib.crc32(f"{seed} {step}".encode())
+    torch.manual_seed(step_seed)
+    return step_seed
 
 
 # The numbers. Labels go wherever images or codes go: the CVAE reads them, the AE and the VAE ignore them.
@@ -146,21 +164,21 @@ def in_batches(batch_size, *tensors):
         yield [None if tensor is None else tensor[start:start + batch_size] for tensor in tensors]
 
 
-def codes_of(model, images, labels, batch_size=1000):
+def codes_of(model, images, labels):
     """model.code of every image, in batches."""
-    return torch.cat([model.code(x, y) for x, y in in_batches(batch_size, images, labels)])
+    return torch.cat([model.code(x, y) for x, y in in_batches(train.EVAL_BATCH, images, labels)])
 
 
-def sampled_vae_codes(vae, images, labels, batch_size=1000):
+def sampled_vae_codes(vae, images, labels):
     """One z ~ q(z|x) per image: the codes the VAE's decoder was trained on, wider than the means."""
-    return torch.cat([vae.reparameterize(*vae.encode(x, y)) for x, y in in_batches(batch_size, images, labels)])
+    return torch.cat([vae.reparameterize(*vae.encode(x, y)) for x, y in in_batches(train.EVAL_BATCH, images, labels)])
 
 
-def decode(model, z, labels=None, batch_size=1000):
+def decode(model, z, labels=None):
     """Decode latents (and labels) from any device on the model's device, in batches."""
     device = next(model.parameters()).device
     return torch.cat([model.decode(chunk.to(device), None if y is None else y.to(device))
-                      for chunk, y in in_batches(batch_size, z, labels)])
+                      for chunk, y in in_batches(train.EVAL_BATCH, z, labels)])
 
 
 def classifier_and_reference(train_images, train_labels, test_images):
@@ -171,25 +189,30 @@ def classifier_and_reference(train_images, train_labels, test_images):
     return classifier, metrics.gaussian_statistics(metrics.classify(classifier, test_images)[1])
 
 
-def fit_densities(train_codes):
+def fit_densities(train_codes, seed):
     """A Gaussian fitted to all the codes, and a 10-component mixture fitted to a random 10,000 of them
-    (about 1,000 per component, which keeps EM near a second a start on a CPU). Fitting a density to an
-    AE's codes after training is ex-post density estimation (Ghosh et al., ICLR 2020)."""
-    subset = torch.randperm(len(train_codes))[:MIXTURE["codes"]].to(train_codes.device)
-    return priors.Gaussian(train_codes), fit_mixture(train_codes[subset])
+    (about 1,000 per component, which keeps EM near a second a start on a CPU), the subset and the k-means
+    starts drawn from seed. Fitting a density to an AE's codes after training is ex-post density
+    estimation (Ghosh et al., ICLR 2020)."""
+    return priors.Gaussian(train_codes), fit_mixture(train_codes[mixture_subset(len(train_codes), seed).to(train_codes.device)], seed)
 
 
-def fit_mixture(codes, starts=MIXTURE["starts"], seed=0):
-    """The mixture of MIXTURE["components"] Gaussians, fitted by EM from `starts` k-means starts."""
+def mixture_subset(count, seed):
+    """The indices of the MIXTURE["codes"] codes (of count) that the mixture is fitted to."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:MIXTURE["codes"]]
+
+
+def fit_mixture(codes, seed, starts=MIXTURE["starts"]):
+    """The mixture of MIXTURE["components"] Gaussians, fitted by EM from `starts` k-means starts drawn from seed."""
     return priors.GaussianMixture(codes, components=MIXTURE["components"], starts=starts, seed=seed)
 
 
-def draw_latents(train_codes, n):
-    """n latents from each sampler. The prior and the fitted Gaussian share their standard-normal eps
-    (z = eps and z = mean + L eps), so their i-th draws correspond."""
-    gaussian, mixture = fit_densities(train_codes)
-    eps = torch.randn(n, train_codes.shape[1])
-    return {"prior": eps, "fitted": gaussian.transform(eps), "mixture": mixture.sample(n)}, gaussian
+def draw_latents(densities, n):
+    """n latents from each sampler, given (fitted Gaussian, mixture). The prior and the fitted Gaussian share
+    their standard-normal eps (z = eps and z = mean + L eps), so their i-th draws correspond."""
+    gaussian, mixture = densities
+    eps = torch.randn(n, len(gaussian.mean))
+    return {"prior": eps, "fitted": gaussian.transform(eps), "mixture": mixture.sample(n)}
 
 
 def interpolation_midpoints(model, codes, n):
@@ -198,28 +221,28 @@ def interpolation_midpoints(model, codes, n):
     return decode(model, (codes[first.to(codes.device)] + codes[second.to(codes.device)]) / 2)
 
 
-def score_samplers(pair, train_codes, test_codes, classifier, reference, train_images):
-    """Every sampler's and reference's scores, 64 decoded draws of each sampler, and each model's fitted
-    Gaussian. reference holds the statistics of the test split's features; real training images are
-    scored against it too, the floor of the Frechet distance."""
+def score_samplers(pair, train_codes, test_codes, classifier, reference, train_images, seed):
+    """Every sampler's and reference's scores, 64 decoded draws of each sampler, and each model's densities
+    (fitted Gaussian, mixture; fitted with seed). reference holds the statistics of the test split's features;
+    real training images are scored against it too, the floor of the Frechet distance."""
     scores = {"train_images": metrics.sample_scores(classifier, train_images[torch.randperm(len(train_images))[:SAMPLES]],
                                                     reference)}
-    shown, gaussians = {}, {}
+    shown, densities = {}, {}
     for name, model in pair.items():
-        latents, gaussians[name] = draw_latents(train_codes[name], SAMPLES)
-        for sampler, z in latents.items():
+        densities[name] = fit_densities(train_codes[name], seed)
+        for sampler, z in draw_latents(densities[name], SAMPLES).items():
             images = decode(model, z)
             scores[f"{name}_{sampler}"] = metrics.sample_scores(classifier, images, reference)
             shown[f"{name}_{sampler}"] = images[:64]
         scores[f"{name}_reconstructions"] = metrics.sample_scores(classifier, decode(model, test_codes[name]), reference)
         scores[f"{name}_midpoints"] = metrics.sample_scores(
             classifier, interpolation_midpoints(model, test_codes[name], SAMPLES), reference)
-    return scores, shown, gaussians
+    return scores, shown, densities
 
 
-def score_vae_fits_to_sampled_codes(vae, sampled_codes, classifier, reference):
+def score_vae_fits_to_sampled_codes(vae, sampled_codes, classifier, reference, seed):
     """The VAE's fitted Gaussian and mixture, refitted to one z ~ q(z|x) per training image."""
-    gaussian, mixture = fit_densities(sampled_codes)
+    gaussian, mixture = fit_densities(sampled_codes, seed)
     return {f"vae_{sampler}_z": metrics.sample_scores(classifier, decode(vae, density.sample(SAMPLES)), reference)
             for sampler, density in [("fitted", gaussian), ("mixture", mixture)]}
 
@@ -227,14 +250,14 @@ def score_vae_fits_to_sampled_codes(vae, sampled_codes, classifier, reference):
 def reconstruction_fit(model, test_inputs, test_labels, test_codes):
     """The mean squared error per pixel of the test split's reconstructions (decoding the codes the figures
     use), which compares across likelihoods as nats cannot; and the sigma a Gaussian likelihood learned."""
-    squared_errors = (decode(model, test_codes, test_labels) - test_inputs).pow(2)
+    squared_errors = metrics.squared_error(decode(model, test_codes, test_labels), test_inputs)
     fit = {"test_reconstruction_mse": squared_errors.mean().item()}
     if getattr(model.likelihood, "learned", False):
         fit["learned_sigma"] = model.likelihood.log_sigma.exp().item()
     return fit
 
 
-def decoder_report(model, test_inputs):
+def likelihood_report(model, test_inputs):
     """The likelihood both models share, and the lowest -log p(x|z) it allows on the test split, where there is one."""
     report = {"name": model.config["decoder"], "sigma": model.config["sigma"]}
     floor = model.likelihood.floor(test_inputs)
@@ -245,7 +268,7 @@ def likelihood(vae, test_inputs, test_labels, test_means, iw_samples):
     """The VAE's test ELBO split into its terms, the importance-weighted bound L_k and the active units
     (from test_means, the means of q(z|x) over the test inputs), both after Burda et al. (ICLR 2016);
     and L_k of each test image. For the CVAE, whose every term is told the label, L_k bounds log p(x | y)."""
-    totals = sum(torch.stack(vae.elbo_terms(x, y)).sum(1) for x, y in in_batches(1000, test_inputs, test_labels))
+    totals = sum(torch.stack(vae.elbo_terms(x, y)).sum(1) for x, y in in_batches(train.EVAL_BATCH, test_inputs, test_labels))
     reconstruction, kl = (totals / len(test_inputs)).tolist()
     bound = metrics.importance_weighted_bound(vae, test_inputs, iw_samples, labels=test_labels)
     return {"test_reconstruction": reconstruction, "test_kl": kl, "test_negative_elbo": reconstruction + kl,
@@ -254,7 +277,8 @@ def likelihood(vae, test_inputs, test_labels, test_means, iw_samples):
 
 
 def compression(test_bound, negative_elbo, test_inputs):
-    """Bits per binarized test digit: the VAE's -L_k, which bounds -log2 p(x), the length of an ideal code
+    """Bits per binarized test digit under the Bernoulli, whose -log2 p(x) is a code length of 0/1 pixels (no
+    other likelihood's is): the VAE's -L_k, which bounds -log2 p(x), the length of an ideal code
     for x under the model, and its negative ELBO, what a bits-back coder (Townsend et al., ICLR 2019)
     spends with it; against zlib and lzma, one digit at a time and the whole split packed at once."""
     packed = metrics.packed_pixels(test_inputs)
@@ -351,19 +375,41 @@ def load_model(out_dir, name, device):
     if not path.exists():
         train.fail(f"{path} not found; train it first: {retrain}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict copies to the device
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # to the device with the model
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
         train.fail(f"{path} is not a readable checkpoint ({train.last_line(error)})")
     if not isinstance(checkpoint, dict) or not train.CHECKPOINT_KEYS <= checkpoint.keys():
         train.fail(f"{path} is not a checkpoint written by train.py; retrain it: {retrain}")
     if checkpoint["model"] != name:
         train.fail(f"{path} holds a {checkpoint['model']!r} checkpoint, not {name!r}; retrain it: {retrain}")
-    try:
-        model = train.MODELS[name](**checkpoint["config"]).to(device)
-        model.load_state_dict(checkpoint["model_state"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        train.fail(f"{path} does not fit models.{name.upper()} ({train.last_line(error)}); retrain it: {retrain}")
-    return model.eval(), checkpoint
+    model_class = train.MODELS[name]
+    unknown = sorted(checkpoint["config"].keys() - model_class().config.keys())  # config: every argument it takes
+    if unknown:
+        train.fail(f"{path} does not fit models.{model_class.__name__} (it takes no {', '.join(unknown)}); "
+                   f"retrain it: {retrain}")
+    model = model_class(**checkpoint["config"])
+    misfits = state_misfits(model.state_dict(), checkpoint["model_state"])
+    if misfits:
+        train.fail(f"{path} does not fit models.{model_class.__name__} ({misfits}); retrain it: {retrain}")
+    model.load_state_dict(checkpoint["model_state"])
+    return model.to(device).eval(), checkpoint
+
+
+def state_misfits(expected, saved):
+    """What keeps saved weights from loading into a model whose state_dict is expected: missing or unexpected
+    keys and shape mismatches, as one line; empty where they fit."""
+    problems = [f"missing {', '.join(sorted(expected.keys() - saved.keys()))}" if expected.keys() - saved.keys() else "",
+                f"unexpected {', '.join(sorted(saved.keys() - expected.keys()))}" if saved.keys() - expected.keys() else ""]
+    problems += [f"{key}: {tuple(saved[key].shape)} against {tuple(expected[key].shape)}"
+                 for key in expected.keys() & saved.keys() if saved[key].shape != expected[key].shape]
+    return "; ".join(problem for problem in problems if problem)
+
+
+def load_split(checkpoint, data_dir, training, device):
+    """(images, labels, inputs) of one split of the data a checkpoint was trained on; the inputs are what the
+    models read: the images, or for a binarized run their fixed 0/1 draw (train.binarize_once)."""
+    images, labels = train.load_split(checkpoint["dataset"], data_dir, training, device)
+    return images, labels, train.binarize_once(images) if checkpoint["binarize"] else images
 
 
 def load_models(out_dir, device, with_cvae=None):

@@ -12,7 +12,8 @@ Sample quality is judged by a small classifier trained on the same dataset:
 Telling outliers from the training data by a score (higher: more unusual), and code lengths:
   auroc             the chance that a random outlier scores above a random test image (ties count
                     half): 1 separates them perfectly, 0.5 is a coin toss, below 0.5 is backwards
-  threshold_at      the score that keeps 95% of the test images; let_through: the outliers it keeps
+  threshold_at      the score that keeps 95% of the test images; fpr_at: the share of outliers it keeps
+                    (the false-positive rate at 95% kept, fpr_at_95, the images kept being the positives)
   compressed_bits   a lossless compressor's length of some bytes (zlib or lzma), the yardstick of a
                     likelihood used as a code length; compressed_nats: each image's, 8-bit pixels
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
+BATCH = 1000  # images per forward pass
 
 
 class Classifier(nn.Module):
@@ -61,7 +63,7 @@ def train_classifier(images, labels, epochs=5, batch_size=128, lr=2e-3):
 
 
 @torch.no_grad()
-def classify(classifier, images, batch_size=1000):
+def classify(classifier, images, batch_size=BATCH):
     """(class probabilities, features) for every image; features on the CPU in float64."""
     outputs = [(classifier.head(features).softmax(1), features)
                for features in map(classifier.features, images.split(batch_size))]
@@ -97,10 +99,15 @@ def coverage(probabilities):
     return ((0.0 - torch.special.xlogy(shares, shares).sum()) / math.log(classes)).item()  # 0.0 - : never -0.0
 
 
+def covariance(x):
+    """The maximum-likelihood covariance of the rows of x (it divides by N, as priors.py's fits do)."""
+    return torch.cov(x.T, correction=0)
+
+
 def gaussian_statistics(features):
-    """Mean and (unbiased) covariance of feature vectors, in float64."""
+    """Mean and covariance of feature vectors, in float64."""
     features = features.cpu().double()
-    return features.mean(0), torch.cov(features.T)
+    return features.mean(0), covariance(features)
 
 
 def symmetric_sqrt(matrix):
@@ -120,6 +127,12 @@ def frechet_distance(mean1, cov1, mean2, cov2):
     root1 = symmetric_sqrt(cov1)
     cross = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp_min(0).sqrt().sum()
     return ((mean1 - mean2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * cross).item()
+
+
+def squared_error(reconstructions, images):
+    """The squared error of each reconstruction, as its mean over pixels: (N,) in float64 on the host. One
+    convention everywhere: per pixel, so it compares across image sizes and with a Gaussian's sigma^2."""
+    return (reconstructions - images).flatten(1).pow(2).mean(1).cpu().double()
 
 
 def sample_scores(classifier, images, reference):
@@ -148,8 +161,8 @@ def importance_weighted_bound(vae, images, samples=50, labels=None, decodes_per_
         eps = torch.randn(samples, *mu.shape, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # (k, n, d)
         labels_of_z = None if y is None else y.repeat(samples)  # z.flatten(0, 1) holds the k draws one after another
-        logits = vae.decode_logits(z.flatten(0, 1), labels_of_z).view(samples, len(x), -1)
-        log_likelihood = vae.likelihood.log_prob(logits, x.flatten(1).expand_as(logits)).sum(2)
+        logits = vae.decode_logits(z.flatten(0, 1), labels_of_z)
+        log_likelihood = -vae.likelihood.negative_log_prob(logits, x.repeat(samples, 1, 1, 1)).view(samples, len(x))
         log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(2)
         log_posterior = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(2)
         bounds.append(torch.logsumexp(log_likelihood + log_prior - log_posterior, dim=0) - math.log(samples))
@@ -166,7 +179,7 @@ def principal_directions(codes):
     """Principal component analysis of codes (N, d), on the host in float64: (mean, directions, variances),
     the directions as the columns of a d x d orthogonal matrix, by decreasing variance of the codes along them."""
     codes = codes.detach().cpu().double()
-    variances, directions = torch.linalg.eigh(torch.cov(codes.T))  # ascending
+    variances, directions = torch.linalg.eigh(covariance(codes))  # ascending
     return codes.mean(0), directions.flip(1), variances.flip(0).clamp_min(0)
 
 
@@ -194,8 +207,8 @@ def threshold_at(inlier_scores, kept=0.95):
     return ordered[math.ceil(kept * len(ordered)) - 1].item()
 
 
-def let_through(outlier_scores, threshold):
-    """The share of outliers at or below the threshold: those not flagged."""
+def fpr_at(outlier_scores, threshold):
+    """The share of outliers at or below the threshold: those not flagged, let through as if they were inliers."""
     return (outlier_scores.detach().cpu().double() <= threshold).double().mean().item()
 
 

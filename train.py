@@ -18,10 +18,12 @@ import argparse
 import contextlib
 import inspect
 import math
+import os
 import platform
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -32,6 +34,7 @@ import models
 
 MODELS = {"ae": models.AE, "vae": models.VAE, "cvae": models.CVAE}
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+EVAL_BATCH = 1000  # images per forward pass wherever nothing is trained: a size that fits any device
 
 
 def load_split(dataset, data_dir, train, device):
@@ -65,7 +68,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, binarize=False):
 
 
 @torch.no_grad()
-def evaluate_loss(model, images, labels, batch_size=1000):
+def evaluate_loss(model, images, labels, batch_size=EVAL_BATCH):
     """Mean loss per image over a whole split (for the VAEs: one sample of z per image)."""
     model.eval()
     total = sum(model.loss_per_image(x, y).sum() for x, y in zip(images.split(batch_size), labels.split(batch_size)))
@@ -132,6 +135,7 @@ def train(args, names):
 # interrupted run leaves a half-written file.
 
 CHECKPOINT_KEYS = {"model", "config", "dataset", "binarize", "seed", "device", "versions", "history", "model_state"}
+KERNEL_PINS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")  # torch's, MKL's and oneDNN's
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -181,6 +185,19 @@ def cuda_kernels_fit(index):
                           or (kind == "compute" and built_for <= capability)):
             return True
     return False
+
+
+def dataset_within_reach(dataset, data_dir):
+    """Whether <data-dir>/<Name>/raw/ holds the dataset's four files, or they can be downloaded there now."""
+    if all((Path(data_dir) / DATASETS[dataset].__name__ / "raw" / name).exists() for name in IDX_FILES):
+        return True
+    try:
+        DATASETS[dataset](data_dir, train=False, download=True)
+    except RuntimeError as error:
+        if not str(error).startswith("Error downloading"):  # torchvision's words once every mirror has failed
+            raise
+        return False
+    return True
 
 
 def open_dataset(dataset, data_dir, train):
@@ -295,13 +312,32 @@ def make_parser(description, training=True):
     return parser
 
 
+def machine():
+    """The processor, the kernels torch runs on it (and the environment variables that pin them), the threads
+    and the versions: what a run's last digits and its timings depend on."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():  # Linux names its processor there, not in platform.processor()
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_pins": {name: os.environ[name] for name in KERNEL_PINS if name in os.environ},
+            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": torchvision.__version__,
+            "numpy": metadata.version("numpy"), "matplotlib": metadata.version("matplotlib")}
+
+
 def parse_flags(parser, argv=None, lowest=None):
     """parser.parse_args, then argparse's own usage-and-error (exit status 2) for values no run can use.
-    lowest: the least value of each flag a script adds, beside LOWEST."""
+    lowest: the least value of each numeric flag the script adds to make_parser's; with the training
+    flags, LOWEST's too. A name in those tables that is no flag of the parser is a bug: a ValueError."""
     args = parser.parse_args(argv)
-    for name, lowest in {**LOWEST, **(lowest or {})}.items():
-        if not getattr(args, name, lowest) >= lowest:  # "not >=" also refuses nan
-            parser.error(f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}")
+    table = {**(LOWEST if hasattr(args, "epochs") else {}), **(lowest or {})}
+    unknown = sorted(set(table) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"the table of least values names {', '.join(unknown)}, which the parser has no flag for")
+    for name, least in table.items():
+        if not getattr(args, name) >= least:  # "not >=" also refuses nan
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     if not getattr(args, "lr", 1) > 0:
         parser.error(f"--lr must be greater than 0, got {args.lr}")
     if getattr(args, "sigma", None) is not None and args.decoder != "gaussian":
