@@ -206,10 +206,9 @@ class Explorer:
 def load_explorer(figure, args):
     """The checkpoints (the same checks and one-line errors as evaluate.py), the test split, and the explorer."""
     loaded, checkpoints = evaluate.load_models(args.out_dir, torch.device("cpu"))
-    dataset, binarize = checkpoints["vae"]["dataset"], checkpoints["vae"]["binarize"]
-    test_images, test_labels = train.load_split(dataset, args.data_dir, False, "cpu")
-    test_inputs = train.binarize_once(test_images) if binarize else test_images
-    return Explorer(figure, loaded, test_inputs, test_labels, train.DATASETS[dataset].classes, args.view, args.point, args.around)
+    _, test_labels, test_inputs = evaluate.load_split(checkpoints["vae"], args.data_dir, False, "cpu")
+    classes = train.DATASETS[checkpoints["vae"]["dataset"]].classes
+    return Explorer(figure, loaded, test_inputs, test_labels, classes, args.view, args.point, args.around)
 
 
 def main(argv=None):
