@@ -3,7 +3,7 @@
     python seeds.py --data-dir ../shared/data            # seeds 0 to 4: five runs of main.py, about 18 minutes on 2 cores
     python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 30 minutes
     python seeds.py --aggregate-only                      # recompute aggregate.json from the kept files
-    python seeds.py --compare my_results/metrics.json     # your run against results/metrics.json: noise or not?
+    python seeds.py --compare results/metrics.json        # your run against the five seeds: noise or not?
 
 Each seed trains the models and evaluates them, as `python main.py --seed S` does (any other flag is
 passed on to it), in a temporary folder, and its metrics.json is kept as results/seeds/seed_S.json
@@ -11,9 +11,9 @@ passed on to it), in a temporary folder, and its metrics.json is kept as results
 results/seeds/aggregate.json then holds, for every number in those files, its mean, standard deviation
 (n - 1), min and max over the seeds; and, for every comparison the README makes, the difference in each
 seed and a verdict: a model or sampler is better only where every seed agrees, else the difference is
-"within seed-to-seed noise". --compare lists every number of one run against another's (default: the
-committed results/metrics.json), largest first in units of its standard deviation over the seeds: a
-difference of a fraction of one is the noise of another seed, another CPU type or other library versions.
+"within seed-to-seed noise". --compare lists every number of one run against the five seeds' mean (or,
+with --reference, another run's), largest first, as a distance in standard deviations over the seeds,
+judged by NOISE_RULE. main.py never writes results/seeds/, so a run of yours cannot erase the reference.
 """
 import argparse
 import json
@@ -111,10 +111,19 @@ def aggregate(seeds):
             "comparisons": comparisons}
 
 
+NOISE_RULE = ("distance = |this run - reference| / the standard deviation over the five seeds: under 2, as near as "
+              "another training seed lands (noise); 2 to 3, borderline; over 3, a real difference: look for a change in "
+              "code, flags, versions or CPU type")
+
+
+def verdict(distance):
+    return "noise" if distance < 2 else "borderline" if distance <= 3 else "real difference"
+
+
 def compare_runs(mine, reference, aggregated):
-    """(path, mine, reference, difference in seed-to-seed standard deviations) for every result the two
-    metrics.json reports and the aggregate share, largest first; a spread of 0 counts only an exact match."""
-    a, b = numbers(mine), numbers(reference)
+    """(path, mine, reference, distance in seed-to-seed standard deviations) for every result in mine,
+    reference (path -> number) and the aggregate, largest first; a spread of 0 counts only an exact match."""
+    a, b = numbers(mine), reference
     rows = []
     for path in a.keys() & b.keys() & aggregated["numbers"].keys():
         std, difference = aggregated["numbers"][path]["std"], a[path] - b[path]
@@ -126,15 +135,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds")
     parser.add_argument("--aggregate-only", action="store_true", help="only recompute aggregate.json")
-    parser.add_argument("--compare", metavar="METRICS_JSON", help="list this run's numbers against --reference's")
-    parser.add_argument("--reference", default="results/metrics.json", help="the run --compare compares with")
+    parser.add_argument("--compare", metavar="METRICS_JSON", help="list this run's numbers against the five seeds' means")
+    parser.add_argument("--reference", metavar="METRICS_JSON", help="compare with this run instead of the five seeds")
     args, main_flags = parser.parse_known_args(argv)
     if args.compare:
         aggregated = json.loads((SEEDS_DIR / "aggregate.json").read_text())
-        mine, reference = (json.loads(Path(path).read_text()) for path in (args.compare, args.reference))
-        print(f"{'result':58s} {'this run':>12s} {'reference':>12s}  difference in seed-to-seed std")
-        for path, a, b, stds in compare_runs(mine, reference, aggregated):
-            print(f"{path:58s} {a:12.6g} {b:12.6g}  {stds:.2f}")
+        mine = json.loads(Path(args.compare).read_text())
+        reference = (numbers(json.loads(Path(args.reference).read_text())) if args.reference else
+                     {path: spread["mean"] for path, spread in aggregated["numbers"].items()})
+        rows = compare_runs(mine, reference, aggregated)
+        print(NOISE_RULE)
+        print(f"{'result':58s} {'this run':>12s} {args.reference or 'five-seed mean':>14s}  distance  verdict")
+        for path, a, b, distance in rows:
+            print(f"{path:58s} {a:12.6g} {b:14.6g}  {distance:8.2f}  {verdict(distance)}")
+        counts = {word: sum(verdict(row[3]) == word for row in rows) for word in ("noise", "borderline", "real difference")}
+        print(", ".join(f"{count} {word}" for word, count in counts.items()))
         return
     if len(args.seeds) < 2:
         parser.error("--seeds needs at least two seeds for a spread")
