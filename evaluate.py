@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import anomaly
+import codes
 import figures
 import metrics
 import models
@@ -50,11 +51,13 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
     7. where the test codes lie: within radius 2 of the origin (z0, z1), and along their principal directions;
     8. with the conditional VAE (with_cvae; None: if cvae.pt is there), its likelihood and the digits
        it draws when told the label, from N(0, I) and from a Gaussian fitted to its codes;
-    9. outliers: how well each model's scores tell the test split from other images (anomaly.py);
-    10. what a decoded image is: the mean of p(x|z), beside images drawn from p(x|z);
-    11. the figures, and last metrics.json (run_started: when main.py began, for its wall time).
-    Each step that draws random numbers first reseeds from the run's seed and its own name (step_stream),
-    so a change inside one step, or a step removed, moves no other step's numbers.
+    9. what the codes are for: classifiers trained on them with few labels, the mixtures read as clusterings,
+       and the t-SNE map (codes.py);
+    10. outliers: how well each model's scores tell the test split from other images (anomaly.py);
+    11. what a decoded image is: the mean of p(x|z), beside images drawn from p(x|z);
+    12. the figures, and last metrics.json (run_started: when main.py began, for its wall time).
+    Each step starts by reseeding from the run's seed and its own name (Steps.start), so a change inside one
+    step, or a step removed, moves no other step's numbers; each step's seconds go into metrics.json.
     """
     start = time.perf_counter()
     device = train.resolve_device(device_name)
@@ -66,19 +69,21 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
     test_images, test_labels, test_inputs = load_split(checkpoints["vae"], data_dir, False, device)
     class_names = train.DATASETS[dataset].classes
     with train.on_interrupt(f"evaluation stopped; every file in {out_dir}/ is whole (written completely or not at all)"):
+        steps = Steps(seed)
         # 1. The classifier, and the statistics of its features of the test split: the reference of every FD.
-        step_stream(seed, "classifier")
+        steps.start("classifier")
         classifier, reference = classifier_and_reference(train_images, train_labels, test_images)
         accuracy = metrics.accuracy(classifier, test_images, test_labels)
-        # 2. The codes (no random draws).
+        # 2. The codes.
+        steps.start("encode")
         train_codes = {name: codes_of(model, train_inputs, train_labels) for name, model in pair.items()}
         test_codes = {name: codes_of(model, test_inputs, test_labels) for name, model in pair.items()}
         # 3. Samples, reconstructions and midpoints, scored.
         scores, shown, densities = score_samplers(pair, train_codes, test_codes, classifier, reference, train_images,
-                                                  step_stream(seed, "samplers"))
+                                                  steps.start("samplers"))
         gaussians = {name: gaussian for name, (gaussian, _) in densities.items()}
         # 4. The fit to the test split.
-        step_stream(seed, "fit")
+        steps.start("fit")
         fit = {name: reconstruction_fit(model, test_inputs, test_labels, test_codes[name]) for name, model in pair.items()}
         vae_fit, test_bound = likelihood(pair["vae"], test_inputs, test_labels, test_codes["vae"], iw_samples)
         fit["vae"].update(vae_fit)
@@ -87,19 +92,20 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         code_length = ({"compression": compression(test_bound, vae_fit["test_negative_elbo"], test_inputs)}
                        if binarize and isinstance(pair["vae"].likelihood, models.BernoulliPixels) else {})
         # 5. The VAE's densities refitted to z ~ q(z|x).
-        refit_seed = step_stream(seed, "refit")
+        refit_seed = steps.start("refit")
         sampled_codes = sampled_vae_codes(pair["vae"], train_inputs, train_labels)
         scores.update(score_vae_fits_to_sampled_codes(pair["vae"], sampled_codes, classifier, reference, refit_seed))
         # 6. Digits on demand.
-        step_stream(seed, "on demand")
+        steps.start("on demand")
         on_demand, on_demand_shown = digits_on_demand(pair, {"ae": train_codes["ae"], "vae": sampled_codes},
                                                       train_labels, classifier, reference)
-        # 7. Where the codes lie (no random draws).
+        # 7. Where the codes lie.
+        steps.start("spread")
         principal = {name: metrics.principal_directions(codes) for name, codes in test_codes.items()}
         spread = code_spread(test_codes, principal)
         # 8. The conditional VAE.
         if "cvae" in loaded:
-            step_stream(seed, "cvae")
+            steps.start("cvae")
             cvae = loaded["cvae"]
             cvae_test_codes = codes_of(cvae, test_inputs, test_labels)
             fit["cvae"] = {**reconstruction_fit(cvae, test_inputs, test_labels, cvae_test_codes),
@@ -108,19 +114,25 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             cvae_on_demand, cvae_shown = conditional_on_demand(cvae, cvae_codes, len(class_names), classifier, reference)
             on_demand.update(cvae_on_demand)
             on_demand_shown.update(cvae_shown)
-        # 9. Outliers.
-        step_stream(seed, "outliers")
+        # 9. What the codes are for.
+        mixtures = {name: mixture for name, (_, mixture) in densities.items()}
+        uses, tsne_maps = codes.codes_report(train_codes, test_codes, train_inputs, test_inputs, train_labels, test_labels,
+                                             mixtures, steps.start("uses of the codes"))
+        # 10. Outliers.
+        steps.start("outliers")
         outlier_report, inlier_scores, outlier_scores = anomaly.detect_outliers(
             pair, test_inputs, test_bound, gaussians, dataset, data_dir, binarize, iw_samples)
-        # 10. Draws from p(x|z).
-        step_stream(seed, "decoder draws")
+        # 11. Draws from p(x|z).
+        steps.start("decoder draws")
         decoder_draws = draws_from_decoder(pair["vae"], device)
-        # 11. The figures, and metrics.json.
+        # 12. The figures, and metrics.json.
+        steps.start("figures")
         figures.plot_samples(out_dir, shown, scores)
         figures.plot_on_demand(out_dir, on_demand_shown, on_demand, class_names)
         figures.plot_interpolations(out_dir, pair, test_inputs, test_labels)
         figures.plot_latent_scatter(out_dir, test_codes, test_labels, class_names, gaussians)
         figures.plot_latent_pca(out_dir, test_codes, principal, test_labels, class_names, spread)
+        figures.plot_tsne(out_dir, tsne_maps, class_names)
         figures.plot_reconstructions(out_dir, pair, test_inputs)
         figures.plot_traversal(out_dir, pair["vae"], test_codes["vae"])
         if pair["vae"].latent_dim == 2:
@@ -130,6 +142,7 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
         figures.plot_loss_curves(out_dir, checkpoints)
         figures.plot_anomaly(out_dir, outlier_report["anomaly"], inlier_scores, outlier_scores, dataset)
         figures.plot_decoder_draws(out_dir, decoder_draws, likelihood_summary)
+        steps.finish()
         write_metrics(out_dir, loaded, checkpoints, fit, {
             "data": {"dataset": dataset, "binarized": binarize, "test_pixel_entropy": pixel_entropy},
             "decoder": likelihood_summary,
@@ -137,22 +150,37 @@ def evaluate(out_dir, data_dir, device_name, seed, iw_samples=50, with_cvae=None
             "samples": scores,
             "on_demand": on_demand,
             "latent_codes": spread,
+            "codes": uses,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "machine": train.machine(),
             "mixture": MIXTURE,
             **outlier_report,
             **code_length,
+            "step_seconds": steps.seconds,
             "evaluate_seconds": time.perf_counter() - start,
             **({"main_seconds": time.perf_counter() - run_started} if run_started is not None else {})})
 
 
-def step_stream(seed, step):
-    """Reseed torch's generators (the CPU's and every device's) from the run's seed and a step's name, and
-    return that step's seed (for the generators a step makes itself: k-means starts, subsets). Each step of
-    evaluate() thus draws from its own stream: a step removed, or one that draws more, moves no other's numbers."""
-    step_seed = zlib.crc32(f"{seed} {step}".encode())
-    torch.manual_seed(step_seed)
-    return step_seed
+class Steps:
+    """evaluate()'s steps, each begun by start(name), which reseeds torch's generators (the CPU's and every
+    device's) from the run's seed and the step's name and returns that step's seed, for the generators a step
+    makes itself (k-means starts, subsets). Each step thus draws from its own stream: a step removed, or one
+    that draws more, moves no other step's numbers. seconds: each finished step's wall time."""
+
+    def __init__(self, seed):
+        self.seed, self.seconds, self.current, self.started = seed, {}, None, time.perf_counter()
+
+    def start(self, step):
+        self.finish()
+        self.current, self.started = step, time.perf_counter()
+        step_seed = zlib.crc32(f"{self.seed} {step}".encode())
+        torch.manual_seed(step_seed)
+        return step_seed
+
+    def finish(self):
+        if self.current is not None:
+            self.seconds[self.current] = time.perf_counter() - self.started
+        self.current = None
 
 
 # The numbers. Labels go wherever images or codes go: the CVAE reads them, the AE and the VAE ignore them.

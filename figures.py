@@ -168,6 +168,20 @@ def plot_latent_pca(out_dir, test_codes, principal, labels, class_names, spread)
     save_figure(fig, out_dir / "latent_pca.png")
 
 
+def plot_tsne(out_dir, embeddings, class_names):
+    """Each model's t-SNE map of the same test codes (codes.tsne), coloured by digit. Neighbours in the map were
+    neighbours among the codes; the sizes of the groups and the distances between them mean little."""
+    fig = Figure(figsize=(12, 5.6))
+    axes = fig.subplots(1, 2)
+    for ax, name in zip(axes, ("ae", "vae")):
+        scatter_codes(ax, embeddings[name].numpy(), embeddings["labels"])
+        ax.set_title(f"{name.upper()}: test codes" + (" (means)" if name == "vae" else ""))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    add_class_legend(axes[1], class_names)
+    fig.suptitle(f"t-SNE maps of {len(embeddings['labels'])} test codes: near in the map, near in all the latent coordinates")
+    save_figure(fig, out_dir / "tsne.png")
+
 def plot_reconstructions(out_dir, pair, images):
     originals = images[:16]
     grids = {"test images": make_grid(originals, nrow=16, pad_value=1)}

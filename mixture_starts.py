@@ -37,13 +37,14 @@ def main(argv=None):
     loaded, checkpoints = evaluate.load_models(args.out_dir, torch.device("cpu"))
     train_images, train_labels, train_inputs = evaluate.load_split(checkpoints["vae"], args.data_dir, True, "cpu")
     test_images = evaluate.load_split(checkpoints["vae"], args.data_dir, False, "cpu")[0]
-    evaluate.step_stream(args.seed, "classifier")
+    steps = evaluate.Steps(args.seed)  # evaluate()'s own streams
+    steps.start("classifier")
     classifier, reference = evaluate.classifier_and_reference(train_images, train_labels, test_images)
     codes = {"ae_mixture": evaluate.codes_of(loaded["ae"], train_inputs, train_labels),
              "vae_mixture": evaluate.codes_of(loaded["vae"], train_inputs, train_labels)}
-    samplers_seed = evaluate.step_stream(args.seed, "samplers")
+    samplers_seed = steps.start("samplers")
     fit_seeds = {"ae_mixture": samplers_seed, "vae_mixture": samplers_seed,
-                 "vae_mixture_z": evaluate.step_stream(args.seed, "refit")}  # that step's first draws are these codes
+                 "vae_mixture_z": steps.start("refit")}  # that step's first draws are these codes
     codes["vae_mixture_z"] = evaluate.sampled_vae_codes(loaded["vae"], train_inputs, train_labels)
     report = {"models": args.out_dir, "codes": evaluate.MIXTURE["codes"], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for starts in args.starts:

@@ -113,6 +113,12 @@ class GaussianMixture:
         draws = self.means[components] + (self.scales[components] @ eps[:, :, None]).squeeze(2)
         return (self.centre + draws).float()
 
+    def likeliest_component(self, codes):
+        """The component each code most likely came from, argmax over k of p(k) p(code | k): the mixture read
+        as a clustering. On the host, as the fit."""
+        x = codes.detach().cpu().double() - self.centre
+        return (self.log_weights + component_log_densities(x, pair_products(x), self.means, self.scales)).argmax(1)
+
 
 def component_log_densities(x, pairs, means, scales):
     """log N(x | mean_k, covariance_k) for every (centred) code and component, shape (N, K).

@@ -61,6 +61,14 @@ CVAE_COMPARISONS = [  # on demand: the label given to the CVAE against a Gaussia
     for a, b in [("cvae", "ae"), ("cvae", "vae"), ("cvae_fitted", "ae"), ("cvae_fitted", "vae"), ("cvae_fitted", "cvae")]
     for score, better in [("hit", "higher"), ("assigned", "higher"), ("frechet_distance", "lower")]
 ]
+CODES_COMPARISONS = [  # what the codes are for (codes.py): test error in % with few or all labels, and clustering
+    *[(f"codes.probe.vae.100.{probe}", f"codes.probe.ae.100.{probe}", "lower") for probe in ("logistic", "knn")],
+    *[(f"codes.cluster.vae.{score}", f"codes.cluster.ae.{score}", "higher") for score in ("accuracy", "nmi")],
+    *[(f"codes.probe.{model}.{labels}.{probe}", f"codes.probe.{baseline}.{labels}.{probe}", "lower")
+      for model in ("ae", "vae") for baseline in ("pixels", "pca20") for labels in ("100", "60000") for probe in ("logistic", "knn")],
+    *[(f"codes.cluster.{model}.{score}", f"codes.cluster.pca20.{score}", "higher")
+      for model in ("ae", "vae") for score in ("accuracy", "nmi")],
+]
 NOT_RESULTS = ("seconds", "epochs", "seed", "iw_samples", "config")  # settings and timings, not results
 
 
@@ -104,6 +112,7 @@ def aggregate(seeds):
                    for a, b in SAMPLE_COMPARISONS for score, better in SCORES.items()]
     others = OTHER_COMPARISONS + (CVAE_COMPARISONS if all("on_demand.cvae.hit" in seed for seed in per_seed) else [])
     others += [comparison for comparison in ANOMALY_COMPARISONS if all(comparison[0] in seed for seed in per_seed)]
+    others += [(a, b, better) for a, b, better in CODES_COMPARISONS if all(a in seed and b in seed for seed in per_seed)]
     comparisons += [compare(per_seed, a, b, better) for a, b, better in others]
     return {"seeds": list(seeds), "std": "sample standard deviation (n - 1) over the seeds",
             "rule": "better only where every seed agrees on the sign of the difference",

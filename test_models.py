@@ -23,7 +23,8 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backend_bases import MouseEvent
 from matplotlib.figure import Figure
-from torch.distributions import Bernoulli, ContinuousBernoulli, Normal, kl_divergence
+from matplotlib.image import imread
+from torch.distributions import Bernoulli, ContinuousBernoulli, MultivariateNormal, Normal, kl_divergence
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torchvision import datasets
@@ -334,12 +335,12 @@ def test_auroc_is_the_pairwise_count_with_ties_counted_half():
     assert metrics.auroc(torch.ones(5), torch.ones(3)) == 0.5
 
 
-def test_the_threshold_keeps_95_percent_and_the_rest_are_let_through():
+def test_the_threshold_keeps_95_percent_and_fpr_at_counts_the_outliers_let_through():
     inliers = torch.arange(1.0, 101.0)[torch.randperm(100)]
     threshold = metrics.threshold_at(inliers, 0.95)
     assert threshold == 95 and (inliers <= threshold).double().mean() == 0.95
     assert metrics.threshold_at(torch.arange(1.0, 11.0), 0.95) == 10  # 95% of 10 images: all 10 kept
-    assert metrics.let_through(torch.tensor([10.0, 94.0, 95.0, 96.0, 200.0]), threshold) == pytest.approx(3 / 5)
+    assert metrics.fpr_at(torch.tensor([10.0, 94.0, 95.0, 96.0, 200.0]), threshold) == pytest.approx(3 / 5)
 
 
 def test_per_image_floors_are_the_pixel_entropy():
@@ -413,14 +414,26 @@ def test_each_likelihood_draws_images_from_p_x_given_z():
 def test_without_the_other_dataset_the_outlier_step_says_so_in_one_line_and_goes_on(trained_dir, tmp_path, monkeypatch, capsys):
     no_download(monkeypatch)
     mnist_only = write_tiny_mnist(tmp_path / "data")
-    for name in ("ae.pt", "vae.pt"):
-        shutil.copy(trained_dir / name, tmp_path / name)
-    evaluate.evaluate(tmp_path, mnist_only, "cpu", seed=0)
-    report = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(report["anomaly"]) == {"inverted", "noise"}
+    pair, _ = evaluate.load_models(trained_dir, torch.device("cpu"))
+    test_images, test_labels = train.load_split("mnist", mnist_only, False, "cpu")
+    densities = {name: priors.Gaussian(evaluate.codes_of(model, test_images, test_labels)) for name, model in pair.items()}
+    report, inlier, outliers = anomaly.detect_outliers(pair, test_images, None, densities, "mnist", mnist_only, False, 5)
+    assert set(report["anomaly"]) == set(outliers) == {"inverted", "noise"}
+    assert all(set(results) == set(inlier) for results in report["anomaly"].values())  # every score, on the sets left
     lines = [line for line in capsys.readouterr().out.splitlines() if "outliers are skipped" in line]
     assert len(lines) == 1 and lines[0].startswith("the fashion-mnist outliers are skipped")
     assert "cannot read or download fashion-mnist" in lines[0]
+
+
+def test_a_damaged_other_dataset_fails_the_run_instead_of_being_skipped(trained_dir, data_dir, tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    copy = write_both_datasets(tmp_path / "data")
+    damaged = copy / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    damaged.write_bytes(damaged.read_bytes()[:-16])
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(trained_dir / name, tmp_path / name)
+    with pytest.raises(SystemExit, match="cannot read or download fashion-mnist"):
+        evaluate.evaluate(tmp_path, copy, "cpu", seed=0)
 
 
 # The likelihood: the importance-weighted bound L_k and active units.
@@ -623,6 +636,35 @@ def test_a_few_steps_lower_the_loss(model_class, arch):
     assert model.loss(x).item() < 0.5 * first
 
 
+def round_blobs(n, seed):
+    """n images of one round blob each, at a random place: data with two continuous factors, its row and column."""
+    centres = 6 + 16 * torch.rand(n, 2, generator=torch.Generator().manual_seed(seed))
+    grid = torch.arange(28.0)
+    rows, columns = (grid - centres[:, :1]).pow(2), (grid - centres[:, 1:]).pow(2)
+    return torch.exp(-(rows[:, :, None] + columns[:, None, :]) / 8)[:, None]
+
+
+def test_trained_side_by_side_the_vae_codes_lie_near_the_prior_and_the_ae_codes_do_not():
+    """The headline's mechanism: the KL term keeps the VAE's codes (z ~ q(z|x), what its decoder is trained on) near
+    N(0, I), and nothing keeps the AE's there, so z ~ N(0, I) lands among the VAE's codes and not the AE's. Measured
+    as KL(a Gaussian fitted to the codes || N(0, I)), which both a shifted and a too wide or too narrow spread raise."""
+    x = round_blobs(128, seed=0)
+    prior = MultivariateNormal(torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64))
+    distance = {}
+    for model_class in (models.AE, models.VAE):
+        torch.manual_seed(0)
+        model = model_class(latent_dim=4, mlp_hidden_dim=64)
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+        for _ in range(200):
+            optimizer.zero_grad()
+            model.loss(x).backward()
+            optimizer.step()
+        with torch.no_grad():
+            codes = (model.encode(x) if model_class is models.AE else model.reparameterize(*model.encode(x))).double()
+        distance[model_class.__name__] = kl_divergence(MultivariateNormal(codes.mean(0), torch.cov(codes.T)), prior).item()
+    assert distance["VAE"] < distance["AE"] / 10, distance  # about 40 times nearer; without the KL term, about as far
+
+
 def test_train_epoch_returns_the_mean_loss_per_image():
     torch.manual_seed(0)
     model, x = models.AE(), images(10)
@@ -647,7 +689,7 @@ def test_binarize_feeds_only_fresh_binary_pixels_to_the_loss(monkeypatch):
 def test_training_is_deterministic_for_a_seed(data_dir, tmp_path):
     def run(out_dir, seed):
         train.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--epochs", "1",
-                    "--device", "cpu", "--seed", str(seed)])
+                    "--device", "cpu", "--seed", str(seed), "--model", "vae"])
         return torch.load(out_dir / "vae.pt", weights_only=True)
     first, again, other = run(tmp_path / "a", 1), run(tmp_path / "b", 1), run(tmp_path / "c", 2)
     assert first["history"]["test_loss"] == again["history"]["test_loss"]
@@ -694,6 +736,61 @@ def test_evaluate_writes_every_figure(trained_dir):
     for name in FIGURES:
         assert (trained_dir / name).stat().st_size > 0, name
     assert not any((trained_dir / name).exists() for name in MANIFOLD)
+
+
+def grid_tiles(picture, count, columns):
+    """The first count 28x28 tiles of a torchvision image grid (tiles 2 pixels apart), given as (height, width, channels)."""
+    corners = [(2 + 30 * (k // columns), 2 + 30 * (k % columns)) for k in range(count)]
+    return torch.stack([picture[top:top + 28, left:left + 28] for top, left in corners])
+
+
+def grey_as_rgb(images):
+    """(N, 1, 28, 28) images as a grid's (N, 28, 28, 3) tiles: make_grid repeats grey in R, G and B."""
+    return images[:, 0, :, :, None].expand(-1, -1, -1, 3)
+
+
+PNG_LEVEL = 0.5 / 255 + 1e-5  # save_image rounds each pixel to the nearest of 256 levels
+
+
+@torch.no_grad()
+def test_the_interpolation_figures_hold_each_models_decoded_walk_between_real_test_digits(trained_dir, data_dir):
+    pair, _ = evaluate.load_models(trained_dir, torch.device("cpu"))
+    test_images, test_labels = train.load_split("mnist", data_dir, False, "cpu")
+    steps, columns = torch.linspace(0, 1, figures.INTERPOLATION_STEPS)[:, None], figures.INTERPOLATION_STEPS + 2
+    for name, model in pair.items():
+        expected = []
+        for a, b in figures.INTERPOLATION_PAIRS:  # a row per pair: the first test digit of each class at the ends
+            start, end = test_images[test_labels == a][0], test_images[test_labels == b][0]
+            codes = model.encode(torch.stack([start, end]))
+            codes = codes if name == "ae" else codes[0]  # the VAE walks between the means of q(z|x)
+            expected += [start[None], model.decode(codes[0] + steps * (codes[1] - codes[0])), end[None]]
+        expected = torch.cat(expected)
+        picture = torch.as_tensor(imread(trained_dir / f"interpolation_{name}.png"))  # as main.py wrote it
+        assert picture.shape == (2 + 30 * len(figures.INTERPOLATION_PAIRS), 2 + 30 * columns, 3), name
+        torch.testing.assert_close(grid_tiles(picture, len(expected), columns), grey_as_rgb(expected), atol=PNG_LEVEL, rtol=0,
+                                   msg=lambda message: f"interpolation_{name}.png: {message}")
+
+
+def test_the_sample_figures_show_each_samplers_draws_under_its_own_scores(tmp_path, monkeypatch):
+    keys = [f"{name}_{sampler}" for name in ("ae", "vae") for sampler in figures.SAMPLERS]
+    shown = {key: torch.rand(64, *models.IMAGE_SHAPE) for key in keys}
+    scores = {key: {"recognisable": (i + 1) / 10, "coverage": 1.0, "frechet_distance": 100 * (i + 1) + 0.3}
+              for i, key in enumerate(keys)}
+    panels, show_grids = {}, figures.show_grids
+    monkeypatch.setattr(figures, "show_grids", lambda path, grids, *args, **kwargs: (panels.update(grids),
+                                                                                     show_grids(path, grids, *args, **kwargs)))
+    figures.plot_samples(tmp_path, shown, scores)
+    for name in ("ae", "vae"):  # samples_<model>.png: the 64 draws from N(0, I), 8 a row
+        picture = torch.as_tensor(imread(tmp_path / f"samples_{name}.png"))
+        assert picture.shape == (242, 242, 3)
+        torch.testing.assert_close(grid_tiles(picture, 64, 8), grey_as_rgb(shown[f"{name}_prior"]), atol=PNG_LEVEL, rtol=0)
+    assert (tmp_path / "samples.png").stat().st_size > 0 and len(panels) == 6  # its panels: AE, then VAE, a sampler each
+    for i, (key, (title, grid)) in enumerate(zip(keys, panels.items())):
+        name, sampler = key.split("_")
+        assert title.startswith(f"{name.upper()}, z ~ {figures.SAMPLERS[sampler]}\n"), title
+        assert f"{10 * (i + 1)}% recognisable" in title and f"FD {100 * (i + 1)}" in title, title
+        torch.testing.assert_close(grid_tiles(grid.permute(1, 2, 0), 64, 8), grey_as_rgb(shown[key]),
+                                   msg=lambda message: f"{key}: {message}")
 
 
 def test_metrics_json_has_its_keys(trained_dir, data_dir):
@@ -764,6 +861,33 @@ def test_conv_fashion_mnist_runs_end_to_end(tmp_path):
     assert metrics["ae"]["config"] == models.AE(arch="conv").config
 
 
+@pytest.mark.parametrize("decoder", ["gaussian", "continuous-bernoulli"])
+def test_the_gaussian_and_continuous_bernoulli_decoders_run_end_to_end(decoder, data_dir, tmp_path):
+    main.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu",
+               "--decoder", decoder])
+    for name in FIGURES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    sigma = "learned" if decoder == "gaussian" else None  # --decoder gaussian learns sigma unless told one
+    assert report["decoder"] == {"name": decoder, "sigma": sigma}  # no floor: sigma can shrink, the CB's density is unbounded
+    for name in ("ae", "vae"):
+        beta = {"beta": 1.0} if name == "vae" else {}
+        assert report[name]["config"] == {**models.AE(decoder=decoder, sigma=sigma).config, **beta}
+        assert 0 < report[name]["test_reconstruction_mse"] < 1
+        state = torch.load(tmp_path / f"{name}.pt", weights_only=True)["model_state"]
+        if decoder == "gaussian":  # trained with the model, from sigma = 1 down towards the reconstructions' error
+            assert report[name]["learned_sigma"] == pytest.approx(state["likelihood.log_sigma"].exp().item())
+            assert report[name]["learned_sigma"] < 1
+        else:
+            assert "learned_sigma" not in report[name] and not any(key.startswith("likelihood") for key in state)
+    vae = report["vae"]
+    assert vae["test_negative_elbo"] == pytest.approx(vae["test_reconstruction"] + vae["test_kl"])
+    assert math.isfinite(vae["test_log_likelihood"]) and -vae["test_log_likelihood"] < vae["test_negative_elbo"]
+    for outlier_set, results in report["anomaly"].items():  # every score but those that subtract a floor
+        assert {"ae_nll", "ae_nll_minus_zlib", "vae_nll", "vae_nll_minus_zlib"} <= set(results), outlier_set
+        assert not any(score.endswith("minus_floor") for score in results), outlier_set
+
+
 def test_binarized_runs_train_and_test_on_binary_pixels(data_dir, tmp_path):
     main.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--epochs", "1", "--device", "cpu", "--binarize"])
     report = json.loads((tmp_path / "metrics.json").read_text())
@@ -787,12 +911,30 @@ def zlib_raw(data):
     return zlib.compress(data, 9)[2:-4]
 
 
-def test_evaluation_is_deterministic_for_a_seed(data_dir, trained_dir):
-    pictures = {}
-    for attempt in range(2):
-        evaluate.evaluate(trained_dir, data_dir, "cpu", seed=3)
-        pictures[attempt] = (trained_dir / "samples.png").read_bytes(), (trained_dir / "latent_scatter.png").read_bytes()
-    assert pictures[0] == pictures[1]
+def test_evaluation_is_deterministic_for_a_seed(data_dir, trained_dir, tmp_path):
+    for name in ("ae.pt", "vae.pt"):  # evaluated again in a copy: trained_dir stays as main.py wrote it
+        shutil.copy(trained_dir / name, tmp_path / name)
+    evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)  # main.py's seed, in a process where other work came first
+    for name in FIGURES[:-1]:
+        assert (tmp_path / name).read_bytes() == (trained_dir / name).read_bytes(), name
+    again, first = [json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path, trained_dir)]
+    assert seeds.numbers(again) == seeds.numbers(first) and len(seeds.numbers(first)) > 100
+
+
+def test_random_draws_added_to_one_step_move_no_other_steps_numbers(trained_dir, data_dir, tmp_path, monkeypatch):
+    reports = []
+    for extra_draws in (False, True):
+        out_dir = tmp_path / str(extra_draws)
+        out_dir.mkdir()
+        for name in ("ae.pt", "vae.pt"):
+            shutil.copy(trained_dir / name, out_dir / name)
+        if extra_draws:
+            digits_on_demand = evaluate.digits_on_demand
+            monkeypatch.setattr(evaluate, "digits_on_demand", lambda *args: (torch.rand(7), digits_on_demand(*args))[1])
+        evaluate.evaluate(out_dir, data_dir, "cpu", seed=5)
+        reports.append(seeds.numbers(json.loads((out_dir / "metrics.json").read_text())))
+    moved = {key for key in reports[0] if reports[0][key] != reports[1][key]}
+    assert moved and all(key.startswith("on_demand.") for key in moved), sorted(moved)
 
 
 # Errors a user can act on: one line, non-zero exit, no traceback.
@@ -961,6 +1103,35 @@ def test_mismatched_checkpoints_are_refused(change, message, trained_dir, data_d
         evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)
 
 
+def test_a_bug_in_the_model_code_keeps_its_traceback(trained_dir, tmp_path, monkeypatch):
+    for name in ("ae.pt", "vae.pt"):
+        shutil.copy(trained_dir / name, tmp_path / name)
+
+    def slip(self):  # a student's mistake inside VAE.__init__: a call with a wrong argument
+        return len(self.latent_dim)
+    monkeypatch.setattr(models.VAE, "code_dim", slip)
+    with pytest.raises(TypeError, match="has no len"):  # the TypeError itself, not "does not fit ... retrain it"
+        evaluate.load_model(tmp_path, "vae", torch.device("cpu"))
+
+
+def test_weights_of_another_shape_are_named_in_the_one_line(trained_dir, tmp_path):
+    shutil.copy(trained_dir / "vae.pt", tmp_path / "vae.pt")
+    checkpoint = torch.load(tmp_path / "vae.pt", weights_only=True)
+    checkpoint["model_state"]["decoder.0.bias"] = torch.zeros(3)
+    del checkpoint["model_state"]["encoder.1.weight"]
+    torch.save(checkpoint, tmp_path / "vae.pt")
+    with pytest.raises(SystemExit, match=r"missing encoder\.1\.weight; decoder\.0\.bias: \(3,\) against \(400,\)"):
+        evaluate.load_model(tmp_path, "vae", torch.device("cpu"))
+
+
+def test_a_misspelt_name_in_a_table_of_least_values_is_a_bug_not_a_usage_error(monkeypatch):
+    monkeypatch.setattr(train, "LOWEST", {**train.LOWEST, "epoch": 1})
+    with pytest.raises(ValueError, match="names epoch, which the parser has no flag for"):
+        train.parse_flags(train.make_parser("test"), [])
+    with pytest.raises(ValueError, match="names samples"):
+        train.parse_flags(evaluate.add_flags(train.make_parser("test", training=False)), [], {"samples": 1})
+
+
 @pytest.mark.parametrize("ae_flags, vae_flags", [
     (["--latent-dim", "3"], ["--latent-dim", "4"]),
     (["--arch", "mlp"], ["--arch", "conv"]),
@@ -1045,16 +1216,15 @@ def test_ctrl_c_during_evaluation_leaves_every_file_whole(trained_dir, data_dir,
     def interrupted_save(temporary):
         temporary.write_bytes(b"half a figure")
         raise KeyboardInterrupt
-    monkeypatch.setattr(figures, "plot_reconstructions",
+    # Ctrl-C lands in evaluate()'s first step, while a file is being written: no need to compute the rest first.
+    monkeypatch.setattr(evaluate, "classifier_and_reference",
                         lambda *args: train.write_atomically(tmp_path / "reconstructions.png", interrupted_save))
     with pytest.raises(SystemExit) as exit_info:
         train.run(lambda: evaluate.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--device", "cpu"]))
     assert exit_info.value.code == 130
     error = capsys.readouterr().err
     assert error.startswith("interrupted: evaluation stopped") and error.strip().count("\n") == 0
-    assert (tmp_path / "reconstructions.png").read_bytes() == before["reconstructions.png"]
-    assert (tmp_path / "metrics.json").read_bytes() == before["metrics.json"]  # written last: not reached
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no file changed, none half-written
 
 
 def test_ctrl_c_in_main_names_the_model_and_epoch(data_dir, tmp_path, monkeypatch, capsys):
@@ -1252,12 +1422,10 @@ def cvae_dir(trained_dir, data_dir, tmp_path_factory):
     return out_dir
 
 
-def test_evaluation_with_a_cvae_adds_its_rows_and_figure(cvae_dir, data_dir, tmp_path):
-    for name in ("ae.pt", "vae.pt"):
-        shutil.copy(cvae_dir / name, tmp_path / name)
-    evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)  # as evaluate.main in cvae_dir, without the CVAE
-    report, before = [json.loads((folder / "metrics.json").read_text()) for folder in (cvae_dir, tmp_path)]
-    assert (cvae_dir / "style_cvae.png").stat().st_size > 0 and not (tmp_path / "style_cvae.png").exists()
+def test_evaluation_with_a_cvae_adds_its_rows_and_figure(cvae_dir, trained_dir):
+    # trained_dir holds the same ae.pt and vae.pt, evaluated with the same seed without the CVAE
+    report, before = [json.loads((folder / "metrics.json").read_text()) for folder in (cvae_dir, trained_dir)]
+    assert (cvae_dir / "style_cvae.png").stat().st_size > 0 and not (trained_dir / "style_cvae.png").exists()
     assert set(report["on_demand"]) == {"ae", "vae", "cvae", "cvae_fitted"}
     for name in ("cvae", "cvae_fitted"):
         assert set(report["on_demand"][name]) == {"hit", "assigned", "per_class_hit", "frechet_distance"}
@@ -1276,8 +1444,8 @@ def test_a_cvae_trained_differently_is_refused(cvae_dir, data_dir, tmp_path):
                 "--model", "cvae", "--latent-dim", "5"])
     with pytest.raises(SystemExit, match=r"cvae\.pt and ae\.pt were trained differently \(latent_dim 5 against 20\)"):
         evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0)
-    evaluate.evaluate(tmp_path, data_dir, "cpu", seed=0, with_cvae=False)  # main.py without --cvae leaves it alone
-    assert "cvae" not in json.loads((tmp_path / "metrics.json").read_text())
+    loaded, _ = evaluate.load_models(tmp_path, torch.device("cpu"), with_cvae=False)  # main.py without --cvae leaves it alone
+    assert set(loaded) == {"ae", "vae"}
 
 
 # A student's copy: the code a figure uses, train.py with models.py alone, and the README's snippet.
@@ -1301,13 +1469,13 @@ def test_train_py_needs_only_models_py_beside_it(data_dir, tmp_path):
 def test_the_readme_snippet_runs_as_written(trained_dir, data_dir, tmp_path):
     snippet = re.search(r"<!-- snippet -->\n```python\n(.*?)```", (HERE / "README.md").read_text(), re.S).group(1)
     (tmp_path / "results").mkdir()
-    for name in ("vae.pt", "metrics.json"):
+    for name in ("ae.pt", "vae.pt", "metrics.json"):
         shutil.copy(trained_dir / name, tmp_path / "results" / name)
     shutil.copytree(data_dir, tmp_path / "data")
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(HERE)})
     assert result.returncode == 0, result.stderr
-    for name in ("vae_samples.png", "vae_reconstructions.png"):
+    for name in ("vae_samples.png", "vae_reconstructions.png", "ae_mixture_samples.png"):  # the last: the AE sampled
         assert (tmp_path / name).stat().st_size > 0, name
     digits, inverted = result.stdout.splitlines()
     assert re.fullmatch(r"unusual: \[((True|False), ){7}(True|False)\]", digits)
@@ -1334,7 +1502,19 @@ def test_compare_measures_each_difference_in_seed_to_seed_standard_deviations(tm
         (tmp_path / name).write_text(json.dumps(report))
     seeds.main(["--compare", str(tmp_path / "mine.json"), "--reference", str(tmp_path / "reference.json")])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and lines[1].split() == ["d", "1", "2", "inf"] and lines[2].split()[-1] == "2.00"
+    assert lines[0] == seeds.NOISE_RULE and len(lines) == 7
+    assert lines[2].split() == ["d", "1", "2", "inf", "real", "difference"] and lines[3].split()[-2:] == ["2.00", "borderline"]
+    assert lines[5].split()[-1] == "noise" and lines[6] == "2 noise, 1 borderline, 1 real difference"
+
+
+def test_compare_measures_against_the_five_seeds_mean_by_default(tmp_path, monkeypatch, capsys):
+    aggregated = {"numbers": {"a": {"mean": 2.0, "std": 0.5}, "b": {"mean": 3.0, "std": 0.1}}}
+    monkeypatch.setattr(seeds, "SEEDS_DIR", tmp_path)
+    (tmp_path / "aggregate.json").write_text(json.dumps(aggregated))
+    (tmp_path / "mine.json").write_text(json.dumps({"a": 1.5, "b": 3.4}))
+    seeds.main(["--compare", str(tmp_path / "mine.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert "five-seed mean" in lines[1] and lines[2].split()[:4] == ["b", "3.4", "3", "4.00"] and lines[3].split()[-2:] == ["1.00", "noise"]
 
 
 def test_the_aggregate_spans_every_result_of_every_seed(trained_dir, tmp_path, monkeypatch):
@@ -1381,8 +1561,9 @@ def test_mixture_starts_refits_the_mixtures_from_each_start_seed(trained_dir, da
 
 # explore.py: the latent space by hand, tested headless on tiny trained models.
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def explorer(cvae_dir, data_dir):
+    """A fresh explorer for each test (half a second): a test that clicks, slides or switches leaves no state behind."""
     import explore
     figure = Figure(figsize=(13, 8))
     args = argparse.Namespace(out_dir=cvae_dir, data_dir=data_dir, view="z", point=[0.0, 0.0], around="codes")
@@ -1450,11 +1631,12 @@ def test_explore_save_writes_the_view_and_no_display_says_how(cvae_dir, trained_
     explore.main(["--data-dir", str(data_dir), "--out-dir", str(cvae_dir), "--save", str(tmp_path / "view.png"), "--view", "pca"])
     assert (tmp_path / "view.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     headless = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    errors = []
-    for out_dir in (trained_dir, tmp_path):
-        result = subprocess.run([sys.executable, "explore.py", "--data-dir", str(data_dir), "--out-dir", str(out_dir)], cwd=HERE,
-                                capture_output=True, text=True, timeout=300, env={**headless, "MPLBACKEND": "agg"})
-        assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
-        errors.append(result.stderr)
-    assert errors[0].startswith("error: no display to open a window on") and "python explore.py --save explore.png" in errors[0]
-    assert errors[1].startswith(f"error: {tmp_path / 'ae.pt'} not found; train it first")
+    result = subprocess.run([sys.executable, "explore.py", "--data-dir", str(data_dir), "--out-dir", str(trained_dir)], cwd=HERE,
+                            capture_output=True, text=True, timeout=300, env={**headless, "MPLBACKEND": "agg"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: no display to open a window on")
+    assert "python explore.py --save explore.png" in result.stderr
+    with pytest.raises(SystemExit) as exit_info:  # in-process: the checkpoints are checked before pyplot picks a window
+        explore.main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
+    message = str(exit_info.value.code)
+    assert message.startswith(f"error: {tmp_path / 'ae.pt'} not found; train it first") and message.count("\n") == 0
