@@ -320,7 +320,8 @@ def measure(run_dir, data_dir, iw_samples=50):
     data, compressing, decompressing = round_trip(vae, digits)
     torch.manual_seed(0)
     with torch.inference_mode():
-        negative_elbo = sum(torch.stack(vae.elbo_terms(x)).sum() for x in images.split(train.EVAL_BATCH)).item() / len(images)
+        terms = [torch.stack(vae.elbo_terms(x)).sum() for x in images.split(train.EVAL_BATCH)]  # nats
+        negative_elbo = sum(terms).item() / len(images)
         report = evaluate.compression(metrics.importance_weighted_bound(vae, images, iw_samples), negative_elbo, images)
     bits = {"file": 8 * len(data) / len(digits), **report["bits_per_digit"]}
     overhead = {"header": 8 * HEADER / len(digits), "clean_bits": 64 * LANES / len(digits)}

@@ -404,7 +404,7 @@ def load_model(out_dir, name, device):
         train.fail(f"{path} not found; train it first: {retrain}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # to the device with the model
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # damaged, empty, a folder
         train.fail(f"{path} is not a readable checkpoint ({train.last_line(error)})")
     if not isinstance(checkpoint, dict) or not train.CHECKPOINT_KEYS <= checkpoint.keys():
         train.fail(f"{path} is not a checkpoint written by train.py; retrain it: {retrain}")

@@ -69,7 +69,7 @@ CODES_COMPARISONS = [  # what the codes are for (codes.py): test error in % with
     *[(f"codes.cluster.{model}.{score}", f"codes.cluster.pca20.{score}", "higher")
       for model in ("ae", "vae") for score in ("accuracy", "nmi")],
 ]
-NOT_RESULTS = ("seconds", "epochs", "seed", "iw_samples", "config")  # settings and timings, not results
+NOT_RESULTS = ("seconds", "epochs", "seed", "iw_samples", "config", "machine")  # settings, timings, the machine
 
 
 def numbers(report, prefix=""):
@@ -147,6 +147,9 @@ def main(argv=None):
     parser.add_argument("--compare", metavar="METRICS_JSON", help="list this run's numbers against the five seeds' means")
     parser.add_argument("--reference", metavar="METRICS_JSON", help="compare with this run instead of the five seeds")
     args, main_flags = parser.parse_known_args(argv)
+    for path in filter(None, [args.compare, args.reference]):
+        if not Path(path).is_file():
+            parser.error(f"{path} is not a file; pass a metrics.json that evaluate.py or main.py wrote")
     if args.compare:
         aggregated = json.loads((SEEDS_DIR / "aggregate.json").read_text())
         mine = json.loads(Path(args.compare).read_text())
