@@ -1,7 +1,7 @@
 """Five seeds of the default run, and the spread over seeds of every number the README compares.
 
-    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: five runs of main.py, about 18 minutes on 2 cores
-    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE: about 30 minutes
+    python seeds.py --data-dir ../shared/data            # seeds 0 to 4: five runs of main.py (each about 200 s on 2 cores)
+    python seeds.py --data-dir ../shared/data --cvae     # with the conditional VAE, as results/seeds/ was made
     python seeds.py --aggregate-only                      # recompute aggregate.json from the kept files
     python seeds.py --compare results/metrics.json        # your run against the five seeds: noise or not?
 
