@@ -44,7 +44,9 @@ def outlier_scores(model, images, iw_samples=50, code_density=None, log_likeliho
         if name == "vae":
             batch = dict(zip(("reconstruction", "kl"), model.elbo_terms(x)))
         else:
-            batch = {"reconstruction": model.loss_per_image(x), "squared_error": metrics.squared_error(model(x), x)}
+            logits = model.decode_logits(model.encode(x))  # one pass for both scores
+            batch = {"reconstruction": model.likelihood.negative_log_prob(logits, x),
+                     "squared_error": metrics.squared_error(model.likelihood.mean(logits), x)}
         for key, value in batch.items():
             parts.setdefault(key, []).append(value.cpu().double())
     parts = {key: torch.cat(values) for key, values in parts.items()}

@@ -426,11 +426,11 @@ def load_model(out_dir, name, device):
 def state_misfits(expected, saved):
     """What keeps saved weights from loading into a model whose state_dict is expected: missing or unexpected
     keys and shape mismatches, as one line; empty where they fit."""
-    problems = [f"missing {', '.join(sorted(expected.keys() - saved.keys()))}" if expected.keys() - saved.keys() else "",
-                f"unexpected {', '.join(sorted(saved.keys() - expected.keys()))}" if saved.keys() - expected.keys() else ""]
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(unexpected)}"] if unexpected else [])
     problems += [f"{key}: {tuple(saved[key].shape)} against {tuple(expected[key].shape)}"
                  for key in expected.keys() & saved.keys() if saved[key].shape != expected[key].shape]
-    return "; ".join(problem for problem in problems if problem)
+    return "; ".join(problems)
 
 
 def load_split(checkpoint, data_dir, training, device):

@@ -187,9 +187,14 @@ def cuda_kernels_fit(index):
     return False
 
 
+def raw_dir(dataset, data_dir):
+    """<data-dir>/<Name>/raw/, where torchvision's dataset keeps its files."""
+    return Path(data_dir) / DATASETS[dataset].__name__ / "raw"
+
+
 def dataset_within_reach(dataset, data_dir):
     """Whether <data-dir>/<Name>/raw/ holds the dataset's four files, or they can be downloaded there now."""
-    if all((Path(data_dir) / DATASETS[dataset].__name__ / "raw" / name).exists() for name in IDX_FILES):
+    if all((raw_dir(dataset, data_dir) / name).exists() for name in IDX_FILES):
         return True
     try:
         DATASETS[dataset](data_dir, train=False, download=True)
@@ -202,12 +207,11 @@ def dataset_within_reach(dataset, data_dir):
 
 def open_dataset(dataset, data_dir, train):
     """torchvision's dataset for one split, from <data-dir>/<Name>/raw/, downloaded there when missing."""
-    raw_dir = Path(data_dir) / DATASETS[dataset].__name__ / "raw"
     try:
         return DATASETS[dataset](data_dir, train=train, download=True)
     except (RuntimeError, OSError, ValueError) as error:
-        fail(f"cannot read or download {dataset} in {raw_dir}/ ({last_line(error)}); put the four original "
-             f"uncompressed IDX files there ({', '.join(IDX_FILES)}) or pass --data-dir")
+        fail(f"cannot read or download {dataset} in {raw_dir(dataset, data_dir)}/ ({last_line(error)}); put the four "
+             f"original uncompressed IDX files there ({', '.join(IDX_FILES)}) or pass --data-dir")
 
 
 def writable_dir(path):
