@@ -182,6 +182,7 @@ def plot_tsne(out_dir, embeddings, class_names):
     fig.suptitle(f"t-SNE maps of {len(embeddings['labels'])} test codes: near in the map, near in all the latent coordinates")
     save_figure(fig, out_dir / "tsne.png")
 
+
 def plot_reconstructions(out_dir, pair, images):
     originals = images[:16]
     grids = {"test images": make_grid(originals, nrow=16, pad_value=1)}
